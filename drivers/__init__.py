@@ -1,0 +1,1 @@
+"""Drivers for real instruments (installed as satlab.drivers)."""

@@ -1,0 +1,1 @@
+"""Shipped configs and rig files."""

@@ -1,0 +1,1 @@
+"""SAM-family optimizers (sharpness-aware minimisation) for digital weights and physical controls."""

@@ -1,0 +1,1 @@
+"""Physics simulators and simulated instruments (installed as satlab.simulators)."""
