@@ -105,7 +105,8 @@ class SAM(Optimizer):
         return self.perturbed
 
     @torch.no_grad()
-    def _restore(self) -> None:
+    def restore(self) -> None:
+        """Put back the weights saved by first_step without stepping (e.g. after a skipped AMP step)."""
         # Copy back (not w - eps): callers may clamp w in place while perturbed.
         if self._saved:
             torch._foreach_copy_(self._saved, [self.state[p]["old_p"] for p in self._saved])
@@ -116,13 +117,21 @@ class SAM(Optimizer):
     def _update(self) -> None:
         was_pending, first_ok = self.pending, math.isfinite(self.grad_norm)
         if self.pending:
-            self._restore()
+            self.restore()
         grads = [p.grad for _, ps in self._with_grad() for p in ps]
         finite = not grads or bool(torch.stack(
             [n.to(grads[0].device) for n in torch._foreach_norm(grads)]).isfinite().all())
         self.skipped = not finite or (was_pending and not first_ok)
         if not self.skipped:
+            self._pre_base_step(was_pending)
             self.base_optimizer.step()
+            self._post_base_step(was_pending)
+
+    def _pre_base_step(self, was_pending: bool) -> None:
+        """Hook for variants (WSAM, GSAM) that rewrite .grad before the base optimizer sees it."""
+
+    def _post_base_step(self, was_pending: bool) -> None:
+        """Hook for variants that apply a correction after the base step (decoupled WSAM)."""
 
     def second_step(self, zero_grad: bool = False) -> None:
         """Restore the saved w and apply the base optimizer with the gradient now in .grad."""
@@ -145,9 +154,9 @@ class SAM(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
-        old = {index[id(p)]: self.state[p]["old_p"] for p in self._saved}
+        saved = {index[id(p)]: dict(self.state[p]) for p in self._saved}
         return {"base": self.base_optimizer.state_dict(),
-                "sam": {"old_p": old, "pending": self.pending,
+                "sam": {"saved": saved, "pending": self.pending,
                         "perturbed": self.perturbed, "grad_norm": self.grad_norm,
                         "skipped": self.skipped}}
 
@@ -157,10 +166,10 @@ class SAM(Optimizer):
         sam = state_dict["sam"]
         params = [p for g in self.param_groups for p in g["params"]]
         self.state.clear()
-        self._saved = [params[int(i)] for i in sam["old_p"]]
-        for i, old in sam["old_p"].items():
+        self._saved = [params[int(i)] for i in sam["saved"]]
+        for i, entry in sam["saved"].items():
             p = params[int(i)]
-            self.state[p]["old_p"] = old.to(device=p.device, dtype=p.dtype).clone()
+            self.state[p] = {k: v.to(device=p.device, dtype=p.dtype).clone() for k, v in entry.items()}
         self.pending, self.perturbed = sam["pending"], sam["perturbed"]
         self.grad_norm, self.skipped = sam["grad_norm"], sam["skipped"]
 
