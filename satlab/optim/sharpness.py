@@ -55,7 +55,7 @@ def max_loss_in_ball(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch
     params = list(params)
     w0 = [p.detach().clone() for p in params]
     with _requiring_grad(params), torch.enable_grad():
-        base = float(loss_fn())
+        base = float(loss_fn().detach())
         best = base
         for _ in range(steps):
             g = torch.autograd.grad(loss_fn(), params, allow_unused=True)
@@ -72,7 +72,7 @@ def max_loss_in_ball(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch
                     torch._foreach_copy_(params, torch._foreach_add(w0, delta))
                 if project is not None:
                     project()  # e.g. keep heater currents inside the driver's range
-            best = max(best, float(loss_fn()))
+            best = max(best, float(loss_fn().detach()))
     for p, w in zip(params, w0):
         p.copy_(w)
     return base, best
