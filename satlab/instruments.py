@@ -1,0 +1,90 @@
+"""Hardware interfaces that satlab's core talks to (SI units: A, W, s).
+
+Concrete drivers (``satlab.drivers``) and simulated instruments
+(``satlab.simulators``) implement these; the core never imports them by name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+
+class Instrument(ABC):
+    """Anything a rig file can name: identifies itself and has a safe state."""
+
+    kind: ClassVar[str] = "instrument"
+
+    @abstractmethod
+    def identify(self) -> str:
+        """A one-line identification string (model, serial, firmware)."""
+
+    @abstractmethod
+    def safe_state(self) -> None:
+        """Put the instrument in the state it may be left in unattended."""
+
+    def close(self) -> None:
+        """Release the connection; the default has nothing to release."""
+
+
+class CurrentSource(Instrument):
+    """N-channel current driver (e.g. microring heaters); currents in A."""
+
+    kind = "current_source"
+    channels: int
+    max_current: float  # the driver's own range, per channel
+
+    @abstractmethod
+    def set_currents(self, currents: np.ndarray) -> None:
+        """Apply one current per channel (already checked by the rig)."""
+
+    @abstractmethod
+    def get_currents(self) -> np.ndarray:
+        """Read back the applied current of every channel."""
+
+    @abstractmethod
+    def set_output(self, enabled: bool) -> None:
+        """Switch all outputs on or off."""
+
+    def safe_state(self) -> None:
+        """Zero every channel and switch the outputs off (the rig ramps first)."""
+        self.set_currents(np.zeros(self.channels))
+        self.set_output(False)
+
+
+class InputModulator(Instrument):
+    """Puts a batch of input vectors onto the optics (e.g. WDM channel powers)."""
+
+    kind = "input_modulator"
+    channels: int
+    full_scale_W: float  # optical power that an input value of 1 produces
+
+    @abstractmethod
+    def load(self, values: np.ndarray) -> None:
+        """Load input patterns, shape (batch, channels), values in [0, 1]."""
+
+    def safe_state(self) -> None:
+        """Dark: every channel at zero power."""
+        self.load(np.zeros((1, self.channels)))
+
+
+class Photodetector(Instrument):
+    """N-channel photodetector or power meter; readings in W."""
+
+    kind = "photodetector"
+    channels: int
+    averages: int = 1
+
+    @abstractmethod
+    def read(self) -> np.ndarray:
+        """One reading per loaded input pattern and channel, shape (batch, channels)."""
+
+    def safe_state(self) -> None:
+        """Detectors have nothing to switch off."""
+
+
+INTERFACES: dict[str, type[Instrument]] = {
+    cls.kind: cls for cls in (CurrentSource, InputModulator, Photodetector)
+}

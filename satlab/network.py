@@ -1,0 +1,81 @@
+"""The hybrid network: a digital front end feeding physical layers performed by the rig."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from satlab.config import ModelConfig
+from satlab.estimators import GradientEstimator
+from satlab.mrr_system import MrrLayerBackend
+from satlab.physical_layer import PhysicalLayer
+
+
+def currents_for_weights(backend: MrrLayerBackend, target: torch.Tensor, iters: int = 40) -> torch.Tensor:
+    """Currents whose twin weights match ``target`` (rows, cols), by bisection on each ring.
+
+    Assumes the weight rises with current on the used branch (heating moves
+    the ring off resonance); targets out of reach end at the range's edge.
+    """
+    eye = torch.eye(backend.in_features, dtype=torch.float64)
+    lo, hi = backend.lower.clone(), backend.upper.clone()
+    target = target.flatten().to(torch.float64)
+    with torch.no_grad():
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            w = backend.twin(eye, mid).T.flatten()  # twin(eye) = W^T
+            above = w > target
+            hi = torch.where(above, mid, hi)
+            lo = torch.where(above, lo, mid)
+    return (lo + hi) / 2
+
+
+def _bounded(features: int) -> list[nn.Module]:
+    # Optical powers are non-negative and the modulator saturates: inputs in [0, 1].
+    return [nn.BatchNorm1d(features), nn.Hardtanh(0.0, 1.0)]
+
+
+class HybridNet(nn.Module):
+    """MNIST -> digital conv front end -> physical MRR layers -> logits."""
+
+    def __init__(self, cfg: ModelConfig, backends: list[MrrLayerBackend],
+                 estimator: GradientEstimator, generator: torch.Generator) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels, size = 1, 28
+        for out in cfg.conv_channels:
+            layers += [nn.Conv2d(channels, out, 5, padding=2 if channels == 1 else 0),
+                       nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
+            size = (size if channels == 1 else size - 4) // 2
+            channels = out
+        layers += [nn.Flatten(), nn.Linear(channels * size * size, cfg.physical[0]),
+                   *_bounded(cfg.physical[0])]
+        self.front = nn.Sequential(*layers)
+        self.physical = nn.ModuleList()
+        self.between = nn.ModuleList()
+        for i, backend in enumerate(backends):
+            a = cfg.init_weight_range
+            target = (torch.rand(backend.out_features, backend.in_features, generator=generator,
+                                 dtype=torch.float64) * 2 - 1) * a
+            self.physical.append(PhysicalLayer(backend, estimator,
+                                               currents_for_weights(backend, target)))
+            last = i == len(backends) - 1
+            self.between.append(nn.Identity() if last else nn.Sequential(*_bounded(backend.out_features)))
+        for layer in self.physical:
+            layer.project()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of images (B, 1, 28, 28)."""
+        h = self.front(x)
+        for layer, after in zip(self.physical, self.between):
+            h = after(layer(h))
+        return h
+
+    def control_parameters(self) -> list[nn.Parameter]:
+        """The heater currents of every physical layer."""
+        return [layer.currents for layer in self.physical]
+
+    def digital_parameters(self) -> list[nn.Parameter]:
+        """Everything trained by autograd alone."""
+        controls = {id(p) for p in self.control_parameters()}
+        return [p for p in self.parameters() if id(p) not in controls]

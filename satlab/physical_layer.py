@@ -1,0 +1,51 @@
+"""A physical layer as a torch module: the rig performs it, an estimator differentiates it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from satlab.estimators import GradientEstimator
+from satlab.mrr_system import MrrLayerBackend
+
+
+class _RigFunction(torch.autograd.Function):
+    """Autograd node whose forward is a rig query and whose backward asks the estimator."""
+
+    @staticmethod
+    def forward(ctx, x, controls, layer):  # noqa: ANN001
+        y = layer.backend.evaluate(x, controls)
+        ctx.layer = layer
+        ctx.save_for_backward(x, controls, y)
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001
+        x, controls, y = ctx.saved_tensors
+        layer = ctx.layer
+        grad_x, grad_c = layer.estimator.backward(layer.backend, x, controls, y, grad_out)
+        return grad_x, grad_c, None
+
+
+class PhysicalLayer(nn.Module):
+    """Trainable control parameters (heater currents, A) of one physical layer."""
+
+    def __init__(self, backend: MrrLayerBackend, estimator: GradientEstimator,
+                 currents: torch.Tensor) -> None:
+        super().__init__()
+        self.backend, self.estimator = backend, estimator
+        self.currents = nn.Parameter(currents.to(torch.float64).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training uses the estimator's forward; evaluation always runs on the rig."""
+        if self.training and not self.estimator.forward_on_rig:
+            return self.backend.twin(x, self.currents).to(x.dtype)
+        return _RigFunction.apply(x, self.currents, self)
+
+    def project(self, margin: float | None = None) -> None:
+        """Keep the currents applicable (and, by default, the estimator's margin inside)."""
+        self.backend.project(self.currents, self.estimator.margin if margin is None else margin)
+
+    def extra_repr(self) -> str:
+        return (f"{self.backend.in_features} -> {self.backend.out_features}, "
+                f"{self.backend.spec.name}, estimator={self.estimator.name}")

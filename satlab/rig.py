@@ -1,0 +1,256 @@
+"""A Rig: the instruments of a rig file, one checked write path, and a guaranteed safe state."""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from satlab import registry
+from satlab.instruments import CurrentSource, InputModulator, Instrument, Photodetector
+from satlab.rigfile import InstrumentSpec, Limits, RigSpec, load_rig_file
+
+log = logging.getLogger(__name__)
+
+
+class RigLimitError(ValueError):
+    """A requested value that the rig refuses to apply (NaN/inf or outside limits)."""
+
+
+class RigInterrupted(BaseException):
+    """Raised in the main thread on SIGTERM so the rig's exit path runs."""
+
+
+class Command(NamedTuple):
+    """One entry of the rig's command log (value: what was written, e.g. the current array)."""
+
+    time: float
+    instrument: str
+    action: str
+    value: object
+
+
+@dataclass
+class CurrentGuard:
+    """Checks and shapes every current write of one source: the rig's choke point."""
+
+    name: str
+    limits: Limits
+    channels: int
+    driver_max: float
+    max_current: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        per_channel = np.broadcast_to(np.asarray(self.limits.max_current, float), (self.channels,))
+        self.max_current = np.minimum(per_channel, self.driver_max)
+
+    def check(self, requested: np.ndarray) -> np.ndarray:
+        """Return the currents to apply, or raise RigLimitError saying what is wrong."""
+        req = np.array(requested, dtype=float)  # a copy: callers may reuse their buffer
+        if req.shape != (self.channels,):
+            raise RigLimitError(f"{self.name}: expected {self.channels} currents, got shape {req.shape}")
+        sum_sq = float(np.dot(req, req))  # NaN or inf anywhere makes this non-finite: one pass
+        if not math.isfinite(sum_sq):
+            bad = np.flatnonzero(~np.isfinite(req))[:5].tolist()
+            raise RigLimitError(f"{self.name}: non-finite current requested on channels {bad}")
+        if req.min() < 0 or (self.max_current - req).min() < 0:
+            if not self.limits.clip:
+                ch = int(np.flatnonzero((req < 0) | (req > self.max_current))[0])
+                raise RigLimitError(
+                    f"{self.name}: channel {ch} requested {req[ch]:.6g} A, allowed "
+                    f"[0, {self.max_current[ch]:.6g}] A (set limits.clip to clip instead)")
+            req = np.clip(req, 0.0, self.max_current)
+            sum_sq = float(np.dot(req, req))
+        if self.limits.max_total_power is not None:
+            power = sum_sq * self.limits.heater_resistance_ohm
+            if power > self.limits.max_total_power:
+                raise RigLimitError(f"{self.name}: total heater power {power:.4g} W exceeds "
+                                    f"max_total_power {self.limits.max_total_power:.4g} W")
+        return req
+
+    def ramp(self, start: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
+        """Intermediate writes so no channel moves more than max_step at once."""
+        step = self.limits.max_step
+        if step is None:
+            return [target]
+        n = math.ceil(float(np.abs(target - start).max(initial=0.0)) / step - 1e-9)
+        if n <= 1:
+            return [target]
+        # Linear interpolation between two allowed points stays allowed: the
+        # box is convex and power along a segment never exceeds its endpoints' max.
+        return [start + (target - start) * (k / n) for k in range(1, n)] + [target]
+
+
+class Rig:
+    """Context manager over a rig file's instruments; leaving it always makes them safe."""
+
+    def __init__(self, spec: RigSpec, path: str | Path = "<rig>", log_size: int = 10000) -> None:
+        self.spec, self.path = spec, Path(path)
+        self.instruments: dict[str, Instrument] = {}
+        self.resources: dict[str, Any] = {}
+        self.guards: dict[str, CurrentGuard] = {}
+        self.applied: dict[str, np.ndarray] = {}
+        self.commands: deque[Command] = deque(maxlen=log_size)
+        self.writes = 0
+        self.settle_times = {n: i.settle_time for n, i in spec.instruments.items()}
+        self._old_sigterm: Any = None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Rig":
+        """Validate a rig file fully; nothing is opened until the rig is entered."""
+        return cls(load_rig_file(path), path)
+
+    # -- lifecycle -------------------------------------------------------------
+    def __enter__(self) -> "Rig":
+        self._install_sigterm()
+        try:
+            self._open()
+        except BaseException:
+            self._shutdown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._shutdown()
+
+    def _open(self) -> None:
+        for name, res in self.spec.resources.items():
+            self.resources[name] = registry.lookup(res.driver)(**res.options)
+        for name, inst in self.spec.instruments.items():
+            self.instruments[name] = self._build(name, inst)
+            self._log(name, "open", self.instruments[name].identify())
+        for name, inst in self.spec.instruments.items():
+            dev = self.instruments[name]
+            if isinstance(dev, CurrentSource):
+                self.guards[name] = CurrentGuard(name, inst.limits, dev.channels, dev.max_current)
+                self.applied[name] = np.asarray(dev.get_currents(), dtype=float)
+                dev.set_output(True)
+                self._log(name, "set_output", "True")
+
+    def _build(self, name: str, inst: InstrumentSpec) -> Instrument:
+        cls = registry.lookup(inst.driver)
+        kwargs = dict(inst.options)
+        if inst.address is not None:
+            kwargs["address"] = inst.address
+        if inst.resource is not None:
+            kwargs["resource"] = self.resources[inst.resource]
+        return cls(**kwargs)
+
+    def _shutdown(self) -> None:
+        for name, dev in self.instruments.items():
+            try:
+                if isinstance(dev, CurrentSource) and name in self.applied:
+                    self._apply_ramped(name, np.zeros(dev.channels))
+                dev.safe_state()
+                self._log(name, "safe_state", "")
+            except Exception:  # one failing instrument must not keep others unsafe
+                log.exception("could not put %s in its safe state", name)
+        for dev in self.instruments.values():
+            try:
+                dev.close()
+            except Exception:
+                log.exception("closing %s failed", dev)
+        self.instruments.clear()
+        self._restore_sigterm()
+
+    def _install_sigterm(self) -> None:
+        def on_sigterm(signum: int, frame: object) -> None:
+            raise RigInterrupted("SIGTERM")
+        try:
+            self._old_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+        except ValueError:  # not the main thread: the caller owns signal handling
+            self._old_sigterm = None
+
+    def _restore_sigterm(self) -> None:
+        if self._old_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+    # -- the write path --------------------------------------------------------
+    def _log(self, instrument: str, action: str, value: object) -> None:
+        self.commands.append(Command(time.time(), instrument, action, value))
+
+    def _settle(self, name: str) -> None:
+        wait = self.settle_times[name]
+        if wait:
+            time.sleep(wait)
+
+    def _apply_ramped(self, name: str, target: np.ndarray) -> None:
+        dev: CurrentSource = self.instruments[name]  # type: ignore[assignment]
+        for value in self.guards[name].ramp(self.applied[name], target):
+            dev.set_currents(value)
+            self.applied[name] = value
+            self.writes += 1
+            self._log(name, "set_currents", value)
+            self._settle(name)
+
+    def set_currents(self, name: str, currents: np.ndarray, channels: np.ndarray | None = None) -> None:
+        """Request currents (A) on a source, all channels or the listed ones; checked, ramped, logged."""
+        if channels is None:
+            full = currents
+        else:
+            full = self.applied[name].copy()
+            full[channels] = currents
+        self._apply_ramped(name, self.guards[name].check(full))
+
+    def set_output(self, name: str, enabled: bool) -> None:
+        """Switch a current source's outputs."""
+        self.instruments[name].set_output(enabled)  # type: ignore[attr-defined]
+        self._log(name, "set_output", str(enabled))
+
+    def load_inputs(self, name: str, values: np.ndarray) -> None:
+        """Load a batch of input patterns (values in [0, 1]) onto a modulator."""
+        values = np.asarray(values, dtype=float)
+        if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 1:
+            raise RigLimitError(f"{name}: input values must be finite and within [0, 1]")
+        self.instruments[name].load(values)  # type: ignore[attr-defined]
+        self._settle(name)
+
+    def read(self, name: str) -> np.ndarray:
+        """Read a detector (W), one row per loaded input pattern."""
+        self._settle(name)
+        return self.instruments[name].read()  # type: ignore[attr-defined]
+
+    # -- simulation-only controls --------------------------------------------------
+    def set_ambient_offset(self, kelvin: float) -> None:
+        """Shift the ambient temperature of every simulated bench (for drift studies)."""
+        benches = [r for r in self.resources.values() if hasattr(r, "set_ambient_offset")]
+        if not benches:
+            raise RuntimeError(f"{self.path}: this rig has no simulated bench whose ambient "
+                               "temperature satlab can set; drift studies need a simulated rig")
+        for bench in benches:
+            bench.set_ambient_offset(kelvin)
+
+    def state_dict(self) -> dict:
+        """Internal state of simulated resources (e.g. noise RNG), for exact resume."""
+        return {n: r.state_dict() for n, r in self.resources.items() if hasattr(r, "state_dict")}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict returned."""
+        for n, s in state.items():
+            self.resources[n].load_state_dict(s)
+
+    def source(self, name: str) -> CurrentSource:
+        """The named current source."""
+        return self._typed(name, CurrentSource)
+
+    def modulator(self, name: str) -> InputModulator:
+        """The named input modulator."""
+        return self._typed(name, InputModulator)
+
+    def detector(self, name: str) -> Photodetector:
+        """The named photodetector."""
+        return self._typed(name, Photodetector)
+
+    def _typed(self, name: str, cls: type) -> Any:
+        dev = self.instruments[name]
+        if not isinstance(dev, cls):
+            raise TypeError(f"{name} is a {dev.kind}, not a {cls.kind}")
+        return dev

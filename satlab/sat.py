@@ -1,0 +1,76 @@
+"""The SAT controller: one sharpness-aware (or plain) training step over a hybrid network."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from satlab.optim import SAM
+from satlab.physical_layer import PhysicalLayer
+
+
+@contextmanager
+def frozen_batchnorm(model: nn.Module) -> Iterator[None]:
+    """Keep BatchNorm running statistics unchanged (the perturbed pass must not count twice)."""
+    saved = [(m, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    buffers = [(m, m.num_batches_tracked.clone()) for m, _ in saved if m.num_batches_tracked is not None]
+    for m, _ in saved:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        for m, count in buffers:
+            m.num_batches_tracked.copy_(count)
+
+
+class SatController:
+    """Runs training steps: SAT = SAM over control parameters with projection into limits.
+
+    g at theta; eps = rho*g/||g|| (adaptive: scaled per control); theta+eps
+    projected into the safe range; g' at theta+eps; base optimizer steps with
+    g'; theta projected into limits. ``method="plain"`` is one pass with the
+    same estimator and base optimizer: the baseline.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 optimizer: torch.optim.Optimizer, method: str = "sat") -> None:
+        if method not in ("sat", "plain"):
+            raise ValueError(f"method must be 'sat' or 'plain', got {method!r}")
+        if (method == "sat") != isinstance(optimizer, SAM):
+            raise TypeError("method 'sat' needs a satlab.optim.SAM optimizer, 'plain' a base optimizer")
+        self.model, self.loss_fn, self.optimizer, self.method = model, loss_fn, optimizer, method
+        self.physical = [m for m in model.modules() if isinstance(m, PhysicalLayer)]
+        self.unperturbed = [p for g in optimizer.param_groups if g.get("rho", 0) == 0
+                            for p in g["params"]]
+
+    def _pass(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        loss = self.loss_fn(logits, y)
+        loss.backward()
+        return loss.detach(), logits.detach()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update on a batch; returns the loss and logits at the unperturbed point."""
+        self.model.train()
+        self.optimizer.zero_grad()
+        loss, logits = self._pass(x, y)
+        if self.method == "sat":
+            for p in self.unperturbed:  # groups with rho=0 must not shape eps through the norm
+                p.grad = None
+            self.optimizer.first_step(zero_grad=True)
+            for layer in self.physical:
+                layer.project()  # theta+eps stays applicable, perturbation margin included
+            with frozen_batchnorm(self.model):
+                self._pass(x, y)
+            self.optimizer.second_step(zero_grad=True)
+        else:
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        for layer in self.physical:
+            layer.project()
+        return loss, logits

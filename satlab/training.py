@@ -1,0 +1,213 @@
+"""Training runs: build the hybrid network on a rig, train it, checkpoint, resume, summarise."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from satlab import checkpoint
+from satlab.config import RunConfig, parse_range
+from satlab.data import Dataset, epoch_order
+from satlab.estimators import ESTIMATORS, GradientEstimator
+from satlab.evaluation import drift_sweep
+from satlab.mrr_system import MrrLayerBackend
+from satlab.network import HybridNet
+from satlab.optim import SAM
+from satlab.rig import Rig
+from satlab.sat import SatController
+from satlab.validation import ConfigError
+
+METRIC_FIELDS = ["epoch", "step", "loss", "accuracy", "rig_queries", "rig_seconds", "wall_seconds"]
+
+
+def make_estimator(cfg: RunConfig) -> GradientEstimator:
+    """The configured gradient estimator."""
+    e = cfg.estimator
+    if e.name == "finite_difference":
+        return ESTIMATORS[e.name](step=e.step, scheme=e.scheme)
+    if e.name == "spsa":
+        return ESTIMATORS[e.name](step=e.step, directions=e.directions, scheme=e.scheme,
+                                  seed=cfg.training.seed)
+    return ESTIMATORS[e.name]()
+
+
+def build_backends(cfg: RunConfig, rig: Rig, config_path: Path | str = "config") -> list[MrrLayerBackend]:
+    """One backend per physical layer, checked against the model's layer sizes."""
+    if rig.spec.system is None:
+        raise ConfigError(rig.path, "system", "training needs a system section with physical layers")
+    layers = rig.spec.system.layers
+    sizes = cfg.model.physical
+    if len(layers) != len(sizes) - 1:
+        raise ConfigError(config_path, "model.physical",
+                          f"{len(sizes) - 1} physical layers described, but rig {rig.path} has {len(layers)}")
+    for i, layer in enumerate(layers):
+        if (layer.in_features, layer.out_features) != (sizes[i], sizes[i + 1]):
+            raise ConfigError(config_path, "model.physical",
+                              f"layer {i} is {sizes[i]}->{sizes[i + 1]} but rig layer {layer.name} "
+                              f"is {layer.in_features}->{layer.out_features}")
+    return [MrrLayerBackend(rig, layer) for layer in layers]
+
+
+@dataclass
+class Trainee:
+    """A model with its controller, ready to train or evaluate."""
+
+    model: HybridNet
+    controller: SatController
+    estimator: GradientEstimator
+    backends: list[MrrLayerBackend]
+
+    @property
+    def rig_queries(self) -> int:
+        return sum(b.queries for b in self.backends)
+
+    @property
+    def rig_seconds(self) -> float:
+        return sum(b.seconds for b in self.backends)
+
+
+def build_trainee(cfg: RunConfig, rig: Rig, method: str) -> Trainee:
+    """Network, estimator, optimizer and controller, initialised from the config's seed."""
+    t = cfg.training
+    torch.manual_seed(t.seed)
+    estimator = make_estimator(cfg)
+    backends = build_backends(cfg, rig)
+    model = HybridNet(cfg.model, backends, estimator, torch.Generator().manual_seed(t.seed))
+    groups = [
+        {"params": model.control_parameters(), "lr": t.lr_controls, "rho": t.rho,
+         "adaptive": t.adaptive, "name": "controls"},
+        {"params": model.digital_parameters(), "lr": t.lr_digital, "rho": t.rho_digital,
+         "adaptive": False, "name": "digital"},
+    ]
+    base = torch.optim.Adam if t.optimizer == "adam" else torch.optim.SGD
+    if method == "sat":
+        optimizer = SAM(groups, base, rho=t.rho, adaptive=t.adaptive)
+    else:
+        optimizer = base([{k: v for k, v in g.items() if k not in ("rho", "adaptive")} for g in groups])
+    controller = SatController(model, nn.functional.cross_entropy, optimizer, method)
+    return Trainee(model, controller, estimator, backends)
+
+
+def _snapshot(tr: Trainee, rig: Rig, epoch: int, step: int, rows: int, wall: float,
+              done: bool) -> dict:
+    return {
+        "model": tr.model.state_dict(),
+        "optimizer": tr.controller.optimizer.state_dict(),
+        "estimator": tr.estimator.state_dict(),
+        "rig": rig.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "epoch": epoch, "step": step, "metrics_rows": rows, "wall_seconds": wall,
+        "rig_queries": [b.queries for b in tr.backends],
+        "rig_seconds": [b.seconds for b in tr.backends],
+        "done": done,
+    }
+
+
+def restore(tr: Trainee, rig: Rig, state: dict) -> None:
+    """Put a trainee and the rig's simulated state back to a checkpoint."""
+    tr.model.load_state_dict(state["model"])
+    tr.controller.optimizer.load_state_dict(state["optimizer"])
+    tr.estimator.load_state_dict(state["estimator"])
+    rig.load_state_dict(state["rig"])
+    torch.set_rng_state(state["torch_rng"])
+    for b, q, s in zip(tr.backends, state["rig_queries"], state["rig_seconds"]):
+        b.queries, b.seconds = q, s
+
+
+def _truncate_csv(path: Path, rows: int) -> None:
+    """Drop rows logged after the checkpoint a resumed run restarts from."""
+    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    path.write_text("".join(lines[: rows + 1]) if lines else "")
+
+
+def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method: str,
+                 progress: bool = True) -> dict:
+    """Train one method (sat or plain) in ``run_dir/method``, resuming from its checkpoint."""
+    out = run_dir / method
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.csv"
+    tr = build_trainee(cfg, rig, method)
+    t = cfg.training
+    epoch, start_step, rows, wall0 = 0, 0, 0, 0.0
+    if ckpt_path.exists():
+        state = checkpoint.load(ckpt_path)
+        restore(tr, rig, state)
+        epoch, start_step, rows, wall0 = (state["epoch"], state["step"], state["metrics_rows"],
+                                          state["wall_seconds"])
+        _truncate_csv(metrics_path, rows)
+    new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
+    n = len(data.train_y)
+    steps = math.ceil(n / t.batch_size)
+    started = time.perf_counter()
+    wall = lambda: wall0 + time.perf_counter() - started  # noqa: E731
+    with open(metrics_path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new_file:
+            writer.writerow(METRIC_FIELDS)
+        bar = tqdm(total=t.epochs * steps, initial=epoch * steps + start_step, disable=not progress,
+                   desc=f"{method} ({tr.estimator.name})", unit="step", dynamic_ncols=True)
+        while epoch < t.epochs:
+            order = epoch_order(n, t.seed, epoch)
+            for step in range(start_step, steps):
+                idx = order[step * t.batch_size:(step + 1) * t.batch_size]
+                loss, logits = tr.controller.step(data.train_x[idx], data.train_y[idx])
+                acc = (logits.argmax(1) == data.train_y[idx]).float().mean().item()
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}", queries=tr.rig_queries,
+                                qps=f"{tr.rig_queries / max(wall(), 1e-9):.0f}")
+                done_steps = epoch * steps + step + 1
+                if done_steps % t.log_every == 0 or step == steps - 1:
+                    writer.writerow([epoch, step, f"{loss.item():.6f}", f"{acc:.4f}", tr.rig_queries,
+                                     f"{tr.rig_seconds:.3f}", f"{wall():.3f}"])
+                    rows += 1
+                if done_steps % t.checkpoint_every == 0 or step == steps - 1:
+                    f.flush()
+                    at_end = step == steps - 1
+                    checkpoint.save_atomic(
+                        _snapshot(tr, rig, epoch + at_end, 0 if at_end else step + 1, rows, wall(),
+                                  done=at_end and epoch + 1 == t.epochs), ckpt_path)
+            epoch, start_step = epoch + 1, 0
+        bar.close()
+    summary = {
+        "method": method,
+        "estimator": tr.estimator.name,
+        "rig": rig.spec.name,
+        "data": data.source,
+        "epochs": t.epochs,
+        "rig_queries": tr.rig_queries,
+        "rig_seconds": round(tr.rig_seconds, 3),
+        "wall_seconds": round(wall(), 3),
+    }
+    summary.update(evaluate_trainee(cfg, tr, rig, data, parse_range(cfg.evaluation.drift), progress))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def evaluate_trainee(cfg: RunConfig, tr: Trainee, rig: Rig, data: Dataset, drifts: list[float],
+                     progress: bool = True) -> dict:
+    """Test accuracy at the calibration temperature and over a drift sweep, on the rig."""
+    sweep = drift_sweep(tr.model, rig, data.test_x, data.test_y, drifts,
+                        cfg.evaluation.batch_size, progress)
+    nominal = next((p["accuracy"] for p in sweep if p["drift_K"] == 0.0), None)
+    if nominal is None:
+        nominal = drift_sweep(tr.model, rig, data.test_x, data.test_y, [0.0],
+                              cfg.evaluation.batch_size, False)[0]["accuracy"]
+    return {"test_accuracy": nominal, "test_images": len(data.test_y), "drift_sweep": sweep}
+
+
+def write_run_files(run_dir: Path, cfg: RunConfig, rig_spec_dump: dict) -> None:
+    """The resolved config and rig file, so the run can be resumed or re-evaluated alone."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = cfg.model_dump(mode="json")
+    resolved["rig"] = "rig.yaml"
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    (run_dir / "rig.yaml").write_text(yaml.safe_dump(rig_spec_dump, sort_keys=False))

@@ -1,0 +1,58 @@
+"""Load YAML into pydantic models with one-line errors naming file, field and expectation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config or rig file that cannot be used; the message is one line for the user."""
+
+    def __init__(self, path: str | Path, field: str, expected: str) -> None:
+        self.path, self.field, self.expected = str(path), field, expected
+        where = f"{self.path}: {field}: " if field else f"{self.path}: "
+        super().__init__(where + expected)
+
+
+def describe_validation_error(path: str | Path, err: ValidationError) -> ConfigError:
+    """Turn pydantic's report into a ConfigError about the first problem."""
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] not in ("missing", "extra_forbidden") and "input" in first:
+        msg += f" (got {first['input']!r})"
+    more = len(err.errors()) - 1
+    if more:
+        msg += f" [+{more} more problem{'s' if more > 1 else ''}]"
+    return ConfigError(path, field, msg)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Parse a YAML mapping, raising ConfigError for unreadable or non-mapping files."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(syntax)"
+        raise ConfigError(path, where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(path, "(top level)", "expected a YAML mapping of fields")
+    return data
+
+
+def load_model(path: str | Path, model: type[M], data: dict | None = None) -> M:
+    """Validate a YAML file (or already-read data from it) against a pydantic model."""
+    data = read_yaml(path) if data is None else data
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise describe_validation_error(path, err) from None

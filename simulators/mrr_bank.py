@@ -1,0 +1,212 @@
+"""Physics of a microring (MRR) weight bank: heater currents -> resonances -> signed weights.
+
+This module is the one place where MRR physics lives. The simulated
+instruments (``mrr_instruments``) are views onto an :class:`MrrBench`, and
+the digital twin (:class:`MrrBankTwin`) is the same :class:`MrrBankModel`
+evaluated without noise, so the twin and the simulated rig cannot disagree
+about the physics.
+
+Layout: a bank of ``rows x cols`` rings. Ring ``(i, j)`` sits on output
+waveguide ``i`` and filters WDM channel ``j``; heater ``i*cols + j`` tunes it.
+Balanced detection on output ``i`` reads ``sum_j w_ij * P_j`` with
+``w = T_through - T_drop`` (``-1`` on resonance, ``+1`` far from it, shrunk by
+finite extinction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+
+
+@dataclass(frozen=True)
+class MrrBankParams:
+    """Physical parameters of one ring bank and its balanced detectors."""
+
+    fwhm_nm: float = 0.3
+    tuning: Literal["power", "current"] = "power"
+    # nm per W of heater power (tuning="power") or nm per A (tuning="current").
+    tuning_efficiency: float = 100.0
+    heater_resistance_ohm: float = 500.0
+    # Fraction of a heater's own shift that reaches the ring k positions away
+    # on the same waveguide (k = 1, 2, ...); positive = red-shift as well.
+    crosstalk: tuple[float, ...] = ()
+    drift_nm_per_K: float = 0.08
+    fabrication_std_nm: float = 0.0
+    through_min: float = 0.0  # through-port transmission on resonance
+    drop_max: float = 1.0  # drop-port transmission on resonance
+    max_current_A: float = 0.024
+    input_full_scale_W: float = 1e-3  # optical power of an input value of 1
+    detector_noise_W: float = 0.0  # white noise per reading (shot + thermal)
+    adc_bits: int | None = None  # detector quantisation, None = ideal
+    detector_full_scale_W: float | None = None  # ADC range (+/-); default from inputs
+
+    @property
+    def weight_range(self) -> tuple[float, float]:
+        """Lowest (on resonance) and highest (far off resonance) reachable weight."""
+        return self.through_min - self.drop_max, 1.0
+
+
+# Presets. ``paper_system1`` reproduces the SAT paper's System 1 map
+# w(I) = A - 2A/(1+((I-x0)/gamma)^2), A=1, gamma=0.15, x0~N(0, 0.08^2), drift
+# as a current offset -0.08*dT, with one paper current unit = 10 mA: linear
+# tuning of 0.1 nm/mA and a 0.3 nm linewidth give gamma = 1.5 mA; 80 pm/K drift
+# is 0.8 mA/K; the reference code's sign convention (offset -0.08*dT) is kept.
+PRESETS: dict[str, MrrBankParams] = {
+    "paper_system1": MrrBankParams(
+        fwhm_nm=0.3,
+        tuning="current",
+        tuning_efficiency=100.0,
+        crosstalk=(),
+        drift_nm_per_K=-0.08,
+        fabrication_std_nm=0.08,
+        max_current_A=0.024,
+    ),
+    # A physically fuller bank after Tait et al.: heater power tuning, thermal
+    # crosstalk to neighbours, finite extinction, noisy 12-bit detection.
+    "tait_bank": MrrBankParams(
+        fwhm_nm=0.3,
+        tuning="power",
+        tuning_efficiency=100.0,  # 0.1 nm/mW
+        heater_resistance_ohm=500.0,
+        crosstalk=(0.05, 0.01),
+        drift_nm_per_K=0.08,
+        fabrication_std_nm=0.08,
+        through_min=0.03,
+        drop_max=0.92,
+        max_current_A=0.012,
+        detector_noise_W=1e-6,
+        adc_bits=12,
+    ),
+}
+
+
+def preset_params(name: str, **overrides) -> MrrBankParams:
+    """Look up a named parameter preset, optionally overriding fields."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown MRR preset {name!r}; known: {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+@dataclass
+class MrrBankModel:
+    """Differentiable map from heater currents and inputs to detector outputs."""
+
+    rows: int
+    cols: int
+    params: MrrBankParams = field(default_factory=MrrBankParams)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        gen = torch.Generator().manual_seed(self.seed)
+        self.fabrication_nm = (
+            torch.randn(self.rows, self.cols, generator=gen, dtype=torch.float64)
+            * self.params.fabrication_std_nm
+        )
+
+    @property
+    def channels(self) -> int:
+        """Number of heaters (one per ring)."""
+        return self.rows * self.cols
+
+    def heater_power(self, currents: torch.Tensor) -> torch.Tensor:
+        """Electrical power dissipated in each heater (W)."""
+        return currents**2 * self.params.heater_resistance_ohm
+
+    def resonance_shift_nm(self, currents: torch.Tensor) -> torch.Tensor:
+        """Heater-induced resonance shift of every ring, crosstalk included (nm)."""
+        p = self.params
+        drive = self.heater_power(currents) if p.tuning == "power" else currents
+        own = drive.reshape(*drive.shape[:-1], self.rows, self.cols) * p.tuning_efficiency
+        shift = own
+        for k, c in enumerate(p.crosstalk, start=1):
+            if k >= self.cols:
+                break
+            pad = torch.zeros_like(own[..., :k])
+            from_left = torch.cat([pad, own[..., :-k]], dim=-1)
+            from_right = torch.cat([own[..., k:], pad], dim=-1)
+            shift = shift + c * (from_left + from_right)
+        return shift
+
+    def weights(self, currents: torch.Tensor, drift_K: float = 0.0) -> torch.Tensor:
+        """Signed balanced-detection weights, shape (..., rows, cols)."""
+        p = self.params
+        half = p.fwhm_nm / 2
+        # detuning in half-linewidths; the Lorentzian drop response is 1/(1+u^2)
+        offset = (self.fabrication_nm.to(currents.dtype) + p.drift_nm_per_K * drift_K) / half
+        u = self.resonance_shift_nm(currents) / half + offset
+        lorentz = (u.square() + 1).reciprocal()
+        # T_through - T_drop = (1 - (1 - t_min) L) - d_max L
+        return (lorentz * -(1.0 - p.through_min + p.drop_max)).add_(1.0)
+
+    def optical_output(
+        self, inputs: torch.Tensor, currents: torch.Tensor, drift_K: float = 0.0
+    ) -> torch.Tensor:
+        """Balanced photocurrent-equivalent power (W) for input values in [0, 1]."""
+        w = self.weights(currents, drift_K)
+        return (inputs.to(w.dtype) @ w.transpose(-1, -2)) * self.params.input_full_scale_W
+
+    def detect(self, power_W: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Add detector noise and ADC quantisation to a balanced power reading."""
+        p = self.params
+        out = power_W
+        if p.detector_noise_W > 0:
+            noise = torch.randn(out.shape, generator=generator, dtype=out.dtype)
+            out = out + p.detector_noise_W * noise
+        if p.adc_bits:
+            full = p.detector_full_scale_W or p.input_full_scale_W * self.cols
+            lsb = 2 * full / 2**p.adc_bits
+            out = torch.clamp(torch.round(out / lsb) * lsb, -full, full - lsb)
+        return out
+
+
+class MrrBankTwin(torch.nn.Module):
+    """Digital twin of a weight bank: noise-free ``y = W(I) x`` in input units."""
+
+    def __init__(self, model: MrrBankModel) -> None:
+        super().__init__()
+        self.model = model
+
+    @classmethod
+    def from_options(cls, rows: int, cols: int, preset: str = "paper_system1",
+                     seed: int = 0, **overrides) -> "MrrBankTwin":
+        """Build a twin from the same preset/seed options a simulated bench takes."""
+        return cls(MrrBankModel(rows, cols, preset_params(preset, **overrides), seed))
+
+    def forward(self, inputs: torch.Tensor, currents: torch.Tensor,
+                drift_K: float = 0.0) -> torch.Tensor:
+        """Layer output for inputs (B, cols) and currents (rows*cols,) in amps."""
+        scale = self.model.params.input_full_scale_W
+        return self.model.optical_output(inputs, currents, drift_K) / scale
+
+
+class MrrBench:
+    """Shared state of one simulated bank: what the simulated instruments act on."""
+
+    def __init__(self, rows: int, cols: int, preset: str = "paper_system1",
+                 seed: int = 0, noise_seed: int | None = None, **overrides) -> None:
+        self.model = MrrBankModel(rows, cols, preset_params(preset, **overrides), seed)
+        self.currents = torch.zeros(self.model.channels, dtype=torch.float64)
+        self.inputs = torch.zeros(1, cols, dtype=torch.float64)
+        self.drift_K = 0.0
+        self.generator = torch.Generator().manual_seed(seed + 1 if noise_seed is None
+                                                       else noise_seed)
+
+    def read(self) -> torch.Tensor:
+        """Balanced detector powers (W) for the loaded inputs and applied currents."""
+        power = self.model.optical_output(self.inputs, self.currents, self.drift_K)
+        return self.model.detect(power, self.generator)
+
+    def set_ambient_offset(self, kelvin: float) -> None:
+        """Change the chip temperature relative to calibration (thermal drift)."""
+        self.drift_K = float(kelvin)
+
+    def state_dict(self) -> dict:
+        """Noise RNG state, so a resumed simulated run draws the same noise."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict returned."""
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,91 @@
+"""Simulated instruments of an MRR weight bank: thin views onto one shared MrrBench.
+
+Writing currents to the simulated source changes what the simulated detectors
+read, because both act on the same bench (as ophyd's simulated devices share
+one simulated world).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from satlab.instruments import CurrentSource, InputModulator, Photodetector
+from satlab.simulators.mrr_bank import MrrBench
+
+
+class SimulatedHeaterSource(CurrentSource):
+    """Heater driver of a simulated bank: one channel per ring."""
+
+    def __init__(self, resource: MrrBench, record: bool = False) -> None:
+        self.bench = resource
+        self.channels = resource.model.channels
+        self.max_current = resource.model.params.max_current_A
+        self.output = False
+        # Every applied vector, for tests that check the rig never exceeded a limit.
+        self.history: list[np.ndarray] | None = [] if record else None
+
+    def identify(self) -> str:
+        """Name the simulated device and its size."""
+        return f"simulated MRR heater source, {self.channels} channels"
+
+    def set_currents(self, currents: np.ndarray) -> None:
+        """Apply currents; an output that is off drives nothing."""
+        currents = np.asarray(currents, dtype=float)
+        if currents.min() < 0 or currents.max() > self.max_current:
+            raise ValueError("simulated source asked beyond its range")  # the rig should prevent
+        self._requested = currents
+        self._drive()
+        if self.history is not None:
+            self.history.append(currents.copy())
+
+    def _drive(self) -> None:
+        requested = getattr(self, "_requested", np.zeros(self.channels))
+        applied = requested if self.output else np.zeros(self.channels)
+        self.bench.currents = torch.from_numpy(applied.copy())
+
+    def get_currents(self) -> np.ndarray:
+        """Read back the currents flowing in the heaters."""
+        return self.bench.currents.numpy().copy()
+
+    def set_output(self, enabled: bool) -> None:
+        """Switch the outputs."""
+        self.output = bool(enabled)
+        self._drive()
+
+
+class SimulatedWdmInputs(InputModulator):
+    """WDM input modulator of a simulated bank: one wavelength channel per column."""
+
+    def __init__(self, resource: MrrBench) -> None:
+        self.bench = resource
+        self.channels = resource.model.cols
+        self.full_scale_W = resource.model.params.input_full_scale_W
+
+    def identify(self) -> str:
+        """Name the simulated device and its size."""
+        return f"simulated WDM input modulator, {self.channels} channels"
+
+    def load(self, values: np.ndarray) -> None:
+        """Set the channel powers of each input pattern."""
+        self.bench.inputs = torch.as_tensor(np.asarray(values, dtype=float))
+
+
+class SimulatedBalancedDetectors(Photodetector):
+    """Balanced photodetectors on the bank's output waveguides."""
+
+    def __init__(self, resource: MrrBench, averages: int = 1) -> None:
+        self.bench = resource
+        self.channels = resource.model.rows
+        self.averages = averages
+
+    def identify(self) -> str:
+        """Name the simulated device and its size."""
+        return f"simulated balanced detectors, {self.channels} channels"
+
+    def read(self) -> np.ndarray:
+        """Averaged balanced readings (W), shape (batch, channels)."""
+        total = self.bench.read()
+        for _ in range(self.averages - 1):
+            total = total + self.bench.read()
+        return (total / self.averages if self.averages > 1 else total).numpy()
