@@ -19,7 +19,7 @@ def sam_ddp_step(ddp_model: nn.parallel.DistributedDataParallel,
     """First pass under no_sync (local eps = m-sharpness per replica), second pass all-reduced."""
     x, y = batch
     optimizer.zero_grad()
-    with nullcontext():
+    with ddp_model.no_sync():
         loss = loss_fn(ddp_model(x), y)
         loss.backward()
     optimizer.first_step(zero_grad=True)
