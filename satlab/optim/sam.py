@@ -56,10 +56,11 @@ class SAM(Optimizer):
         return [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
 
     def _grad_norm(self) -> torch.Tensor:
-        """Global L2 norm of g (plain groups) and T_w*g (adaptive groups) over all groups."""
+        """Global L2 norm of g (plain groups) and T_w*g (adaptive groups) over all rho>0 groups."""
         norms = []
         for g, ps in self._with_grad():
-            if not ps:
+            # rho=0 groups are not perturbed, so they must not shrink the others' eps either.
+            if not ps or g["rho"] == 0:
                 continue
             grads = [p.grad for p in ps]
             if g["adaptive"]:

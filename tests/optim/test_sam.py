@@ -84,6 +84,16 @@ def test_global_norm_over_groups_with_per_group_rho_and_extra_keys():
     assert [g["name"] for g in opt.base_optimizer.param_groups] == ["heaters", "x"]
 
 
+def test_rho_zero_group_neither_perturbed_nor_in_norm():
+    # group 1 g=[3,4] rho=.5 -> eps=[.3,.4] (norm 5, not |[3,4,100]|); group 2 untouched
+    w1 = torch.tensor([3.0, 4.0], requires_grad=True)
+    w2 = torch.tensor([100.0], requires_grad=True)
+    opt = SAM([{"params": [w1]}, {"params": [w2], "rho": 0.0}], torch.optim.SGD, rho=0.5, lr=0.1)
+    w1.grad, w2.grad = torch.tensor([3.0, 4.0]), torch.tensor([100.0])
+    opt.first_step()
+    assert torch.allclose(w1.detach(), torch.tensor([3.3, 4.4])) and w2.item() == 100.0
+
+
 def test_base_instance_and_param_groups_shared():
     w = torch.tensor([1.0], requires_grad=True)
     base = torch.optim.SGD([{"params": [w], "name": "ctrl"}], lr=0.5)
