@@ -37,20 +37,25 @@ class MrrLayerBackend:
         self.twin: torch.nn.Module = registry.lookup(spec.twin.driver)(**spec.twin.options)
         self.queries = 0
         self.seconds = 0.0
-        self._loaded: tuple[int, int] | None = None
+        self._loaded: tuple[torch.Tensor, int] | None = None
 
-    def evaluate(self, x: torch.Tensor, currents: torch.Tensor) -> torch.Tensor:
-        """One rig query: apply currents, show inputs x (B, in), read outputs (B, out)."""
+    def query(self, x: torch.Tensor, currents: np.ndarray) -> np.ndarray:
+        """One rig query: apply currents (A), show inputs x (B, in), read outputs (B, out)."""
         start = time.perf_counter()
-        self.rig.set_currents(self.spec.heaters, currents.detach().numpy(), self.channels)
-        key = (id(x), x._version)
-        if key != self._loaded:  # the modulator holds its pattern: reload only when it changes
+        self.rig.set_currents(self.spec.heaters, currents, self.channels)
+        # The modulator holds its pattern: reload only when x changes. Holding x
+        # itself (not its id) means a freed tensor's recycled id cannot fool this.
+        if self._loaded is None or self._loaded[0] is not x or self._loaded[1] != x._version:
             self.rig.load_inputs(self.spec.inputs, x.detach().double().numpy())
-            self._loaded = key
+            self._loaded = (x, x._version)
         power = self.rig.read(self.spec.detector)
         self.seconds += time.perf_counter() - start
         self.queries += 1
-        return torch.from_numpy(power / self.full_scale_W)
+        return power / self.full_scale_W
+
+    def evaluate(self, x: torch.Tensor, currents: torch.Tensor) -> torch.Tensor:
+        """``query`` with torch tensors in and out."""
+        return torch.from_numpy(self.query(x, currents.detach().numpy()))
 
     def project(self, currents: torch.Tensor, margin: float = 0.0) -> None:
         """Move currents in place into the applicable range (box and total power)."""

@@ -105,6 +105,8 @@ class MrrBankModel:
             torch.randn(self.rows, self.cols, generator=gen, dtype=torch.float64)
             * self.params.fabrication_std_nm
         )
+        self._one = torch.ones((), dtype=torch.float64)
+        self._offset_key: tuple | None = None
 
     @property
     def channels(self) -> int:
@@ -130,16 +132,24 @@ class MrrBankModel:
             shift = shift + c * (from_left + from_right)
         return shift
 
+    def _detuning_offset(self, drift_K: float, dtype: torch.dtype) -> torch.Tensor:
+        """Fabrication + drift detuning in nm; cached because it is constant between drifts."""
+        key = (drift_K, dtype)
+        if self._offset_key != key:
+            self._offset = (self.fabrication_nm + self.params.drift_nm_per_K * drift_K).to(dtype)
+            self._offset_key = key
+        return self._offset
+
     def weights(self, currents: torch.Tensor, drift_K: float = 0.0) -> torch.Tensor:
         """Signed balanced-detection weights, shape (..., rows, cols)."""
         p = self.params
-        half = p.fwhm_nm / 2
-        # detuning in half-linewidths; the Lorentzian drop response is 1/(1+u^2)
-        offset = (self.fabrication_nm.to(currents.dtype) + p.drift_nm_per_K * drift_K) / half
-        u = self.resonance_shift_nm(currents) / half + offset
-        lorentz = (u.square() + 1).reciprocal()
+        # u: detuning in half-linewidths; the drop-port response is L = 1/(1+u^2).
+        # Few fused ops on purpose: this runs once per rig query.
+        u = torch.add(self._detuning_offset(drift_K, currents.dtype),
+                      self.resonance_shift_nm(currents), alpha=1.0).mul_(2.0 / p.fwhm_nm)
+        lorentz = torch.addcmul(self._one, u, u).reciprocal()
         # T_through - T_drop = (1 - (1 - t_min) L) - d_max L
-        return (lorentz * -(1.0 - p.through_min + p.drop_max)).add_(1.0)
+        return torch.add(self._one, lorentz, alpha=-(1.0 - p.through_min + p.drop_max))
 
     def optical_output(
         self, inputs: torch.Tensor, currents: torch.Tensor, drift_K: float = 0.0
