@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from satlab.optim import SAM
+from satlab.optim.bn import frozen_bn_stats
 from satlab.physical_layer import PhysicalLayer
-
-
-@contextmanager
-def frozen_batchnorm(model: nn.Module) -> Iterator[None]:
-    """Keep BatchNorm running statistics unchanged (the perturbed pass must not count twice)."""
-    saved = [(m, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    buffers = [(m, m.num_batches_tracked.clone()) for m, _ in saved if m.num_batches_tracked is not None]
-    for m, _ in saved:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum in saved:
-            m.momentum = momentum
-        for m, count in buffers:
-            m.num_batches_tracked.copy_(count)
 
 
 class SatController:
@@ -45,8 +29,6 @@ class SatController:
             raise TypeError("method 'sat' needs a satlab.optim.SAM optimizer, 'plain' a base optimizer")
         self.model, self.loss_fn, self.optimizer, self.method = model, loss_fn, optimizer, method
         self.physical = [m for m in model.modules() if isinstance(m, PhysicalLayer)]
-        self.unperturbed = [p for g in optimizer.param_groups if g.get("rho", 0) == 0
-                            for p in g["params"]]
 
     def _pass(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(x)
@@ -60,12 +42,10 @@ class SatController:
         self.optimizer.zero_grad()
         loss, logits = self._pass(x, y)
         if self.method == "sat":
-            for p in self.unperturbed:  # groups with rho=0 must not shape eps through the norm
-                p.grad = None
             self.optimizer.first_step(zero_grad=True)
             for layer in self.physical:
                 layer.project()  # theta+eps stays applicable, perturbation margin included
-            with frozen_batchnorm(self.model):
+            with frozen_bn_stats(self.model):  # BN statistics count each batch once
                 self._pass(x, y)
             self.optimizer.second_step(zero_grad=True)
         else:

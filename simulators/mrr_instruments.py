@@ -17,13 +17,16 @@ from satlab.simulators.mrr_bank import MrrBench
 class SimulatedHeaterSource(CurrentSource):
     """Heater driver of a simulated bank: one channel per ring."""
 
-    def __init__(self, resource: MrrBench, record: bool = False) -> None:
+    def __init__(self, resource: MrrBench, record: bool = False, trace_file: str | None = None) -> None:
         self.bench = resource
         self.channels = resource.model.channels
         self.max_current = resource.model.params.max_current_A
         self.output = False
         # Every applied vector, for tests that check the rig never exceeded a limit.
         self.history: list[np.ndarray] | None = [] if record else None
+        # A line per change ("output max_current_A sum_current_A"), readable by another
+        # process: how a test outside the process sees the device's last state.
+        self.trace = open(trace_file, "a", buffering=1) if trace_file else None
 
     def identify(self) -> str:
         """Name the simulated device and its size."""
@@ -43,6 +46,8 @@ class SimulatedHeaterSource(CurrentSource):
         requested = getattr(self, "_requested", np.zeros(self.channels))
         applied = requested if self.output else np.zeros(self.channels)
         self.bench.currents = torch.from_numpy(applied.copy())
+        if self.trace is not None:
+            self.trace.write(f"{int(self.output)} {applied.max():.9g} {applied.sum():.9g}\n")
 
     def get_currents(self) -> np.ndarray:
         """Read back the currents flowing in the heaters."""
@@ -52,6 +57,11 @@ class SimulatedHeaterSource(CurrentSource):
         """Switch the outputs."""
         self.output = bool(enabled)
         self._drive()
+
+    def close(self) -> None:
+        """Close the trace file."""
+        if self.trace is not None:
+            self.trace.close()
 
 
 class SimulatedWdmInputs(InputModulator):

@@ -1,0 +1,59 @@
+"""Shared fixtures: small rig and config files written the way users write them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def bank_rig(rows: int = 4, cols: int = 6, preset: str = "paper_system1", seed: int = 3,
+             limits: dict | None = None, heater_options: dict | None = None,
+             bench_overrides: dict | None = None) -> dict:
+    """A one-layer simulated MRR rig as a rig-file mapping."""
+    bench = {"rows": rows, "cols": cols, "preset": preset, "seed": seed, **(bench_overrides or {})}
+    return {
+        "name": "test-bank",
+        "resources": {"chip": {"driver": "simulated.mrr_bench", "options": bench}},
+        "instruments": {
+            "heaters": {"kind": "current_source", "driver": "simulated.mrr_heaters",
+                        "resource": "chip", "options": heater_options or {},
+                        "limits": limits or {"max_current": 0.024}},
+            "inputs": {"kind": "input_modulator", "driver": "simulated.mrr_inputs", "resource": "chip"},
+            "pd": {"kind": "photodetector", "driver": "simulated.mrr_detectors", "resource": "chip"},
+        },
+        "system": {"type": "mrr_weight_bank", "layers": [{
+            "name": "fc", "in_features": cols, "out_features": rows, "heaters": "heaters",
+            "inputs": "inputs", "detector": "pd",
+            "twin": {"driver": "twin.mrr_bank", "options": bench}}]},
+    }
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    """Write a mapping as YAML and return the path."""
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+TWO_LAYER_RIG = Path(__file__).resolve().parents[1] / "satlab" / "configs" / "mrr-sim.yaml"
+
+
+def tiny_config(rig: Path, **training) -> dict:
+    """A training config small enough for a test: 12 digits per class, one epoch."""
+    return {
+        "name": "tiny",
+        "rig": str(rig),
+        "data": {"source": "offline", "train_per_class": 12, "test_per_class": 5},
+        "model": {"conv_channels": [], "physical": [32, 16, 10]},
+        "estimator": {"name": "spsa", "directions": 4},
+        "training": {"epochs": 1, "batch_size": 24, "checkpoint_every": 2, "log_every": 1,
+                     **training},
+        "evaluation": {"drift": "0:2:3", "batch_size": 50},
+    }
+
+
+@pytest.fixture
+def rig_file(tmp_path: Path) -> Path:
+    """A small one-layer simulated rig file."""
+    return write_yaml(tmp_path / "rig.yaml", bank_rig())

@@ -1,0 +1,87 @@
+"""The SAT step: hand-computed updates on a quadratic, and projection on a real rig layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from satlab.estimators import FiniteDifference
+from satlab.mrr_system import MrrLayerBackend
+from satlab.optim import SAM
+from satlab.physical_layer import PhysicalLayer
+from satlab.rig import Rig
+from satlab.rigfile import RigSpec
+from satlab.sat import SatController
+
+from conftest import bank_rig
+
+A = torch.tensor([[3.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+B = torch.tensor([1.0, -2.0], dtype=torch.float64)
+
+
+class Quadratic(nn.Module):
+    def __init__(self, theta):
+        super().__init__()
+        self.theta = nn.Parameter(torch.tensor(theta, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.theta
+
+
+def quad_loss(theta, _target):
+    return 0.5 * theta @ A @ theta - B @ theta
+
+
+def run_step(adaptive: bool, theta0, rho=0.3, lr=0.1):
+    model = Quadratic(theta0)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, adaptive=adaptive, lr=lr)
+    SatController(model, quad_loss, opt, "sat").step(torch.zeros(1), torch.zeros(1))
+    return model.theta.detach()
+
+
+def test_sat_step_matches_hand_computation_on_quadratic():
+    t = torch.tensor([0.7, -0.4], dtype=torch.float64)
+    g = A @ t - B
+    eps = 0.3 * g / g.norm()
+    expected = t - 0.1 * (A @ (t + eps) - B)
+    assert torch.allclose(run_step(False, t.tolist()), expected, atol=1e-12)
+
+
+def test_adaptive_sat_step_scales_perturbation_per_control():
+    t = torch.tensor([0.7, -0.4], dtype=torch.float64)
+    g = A @ t - B
+    T = t.abs()
+    eps = 0.3 * T**2 * g / (T * g).norm()
+    expected = t - 0.1 * (A @ (t + eps) - B)
+    assert torch.allclose(run_step(True, t.tolist()), expected, atol=1e-12)
+
+
+def test_plain_step_is_one_gradient_step():
+    model = Quadratic([0.7, -0.4])
+    t = model.theta.detach().clone()
+    SatController(model, quad_loss, torch.optim.SGD(model.parameters(), lr=0.1), "plain").step(
+        torch.zeros(1), torch.zeros(1))
+    assert torch.allclose(model.theta.detach(), t - 0.1 * (A @ t - B))
+
+
+def test_sat_keeps_currents_applicable_with_large_rho_and_lr():
+    spec = RigSpec.model_validate(bank_rig(rows=3, cols=4, heater_options={"record": True},
+                                           limits={"max_current": 0.006}))
+    with Rig(spec) as rig:
+        backend = MrrLayerBackend(rig, spec.system.layers[0])
+        est = FiniteDifference(step=1e-5)
+        layer = PhysicalLayer(backend, est, torch.full((12,), 3e-3))
+        model = nn.Sequential(layer)
+        opt = SAM([{"params": [layer.currents], "lr": 5e-3}], torch.optim.SGD, rho=2.0)
+        ctrl = SatController(model, nn.functional.cross_entropy, opt, "sat")
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand(16, 4, generator=gen)
+        y = torch.randint(0, 3, (16,), generator=gen)
+        for _ in range(5):
+            ctrl.step(x, y)  # the rig raises RigLimitError on any out-of-range write
+        history = np.array(rig.source("heaters").history)
+        currents = layer.currents.detach()
+    assert history.min() >= 0 and history.max() <= 0.006
+    assert bool((currents >= 1e-5).all()) and bool((currents <= 0.006 - 1e-5).all())
+    assert bool(((currents == 1e-5) | (currents == 0.006 - 1e-5)).any())  # the big steps hit a bound
