@@ -1,0 +1,91 @@
+"""The rig's single write path: limits, ramps, clipping, and the safe state on every exit."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from satlab.rig import Rig, RigLimitError
+from satlab.rigfile import RigSpec
+
+from conftest import bank_rig
+
+CH = 6
+LIMITS = {"max_current": [0.01, 0.01, 0.008, 0.01, 0.006, 0.01], "max_total_power": 0.1,
+          "heater_resistance_ohm": 500.0, "max_step": 0.004}
+
+
+def make_rig(clip: bool = False) -> Rig:
+    return Rig(RigSpec.model_validate(bank_rig(rows=2, cols=3, heater_options={"record": True},
+                                               limits={**LIMITS, "clip": clip})))
+
+
+def assert_history_within_limits(history: list[np.ndarray]) -> None:
+    previous = np.zeros(CH)
+    for applied in history:
+        assert applied.min() >= 0
+        assert (applied <= np.array(LIMITS["max_current"])).all()
+        assert float(applied @ applied) * 500.0 <= LIMITS["max_total_power"] * (1 + 1e-12)
+        assert np.abs(applied - previous).max() <= LIMITS["max_step"] + 1e-12
+        previous = applied
+
+
+value = st.one_of(st.floats(-0.02, 0.03), st.sampled_from([math.nan, math.inf, -math.inf, 1.0]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.lists(value, min_size=CH, max_size=CH), min_size=1, max_size=8), st.booleans())
+def test_no_request_sequence_exceeds_limits(requests, clip):
+    with make_rig(clip) as rig:
+        source = rig.source("heaters")
+        for req in requests:
+            try:
+                rig.set_currents("heaters", np.array(req))
+            except RigLimitError:
+                pass
+        during = list(source.history)
+    assert_history_within_limits(during)
+    assert_history_within_limits(source.history)  # including the ramp down on exit
+    assert np.array_equal(source.history[-1], np.zeros(CH)) and not source.output
+
+
+def test_rejections_name_the_problem_and_leave_state_unchanged():
+    with make_rig() as rig:
+        rig.set_currents("heaters", np.full(CH, 0.002))
+        before = rig.source("heaters").get_currents()
+        with pytest.raises(RigLimitError, match="non-finite.*channels \\[2\\]"):
+            rig.set_currents("heaters", np.array([0, 0, np.nan, 0, 0, 0.0]))
+        with pytest.raises(RigLimitError, match="channel 4 requested 0.007 A, allowed \\[0, 0.006\\]"):
+            rig.set_currents("heaters", np.array([0, 0, 0, 0, 0.007, 0.0]))
+        with pytest.raises(RigLimitError, match="total heater power"):
+            rig.set_currents("heaters", np.array([0.01, 0.01, 0.008, 0.01, 0.006, 0.01]))
+        assert np.array_equal(rig.source("heaters").get_currents(), before)
+
+
+def test_clip_applies_nearest_allowed_value():
+    with make_rig(clip=True) as rig:
+        rig.set_currents("heaters", np.array([-1.0, 0.002, 0.009, 0.0, 0.05, 0.0]))
+        assert np.allclose(rig.source("heaters").get_currents(), [0, 0.002, 0.008, 0, 0.006, 0])
+
+
+def test_large_move_is_ramped_in_max_steps():
+    with make_rig() as rig:
+        rig.set_currents("heaters", np.array([0.01, 0, 0, 0, 0, 0.0]))
+        steps = [h[0] for h in rig.source("heaters").history]
+    # 0.01 A in steps of at most 0.004 A: three equal steps
+    assert steps == pytest.approx([0.01 / 3, 0.02 / 3, 0.01])
+
+
+def test_exception_inside_rig_ramps_down_and_switches_off():
+    with pytest.raises(RuntimeError, match="experiment failed"):
+        with make_rig() as rig:
+            source = rig.source("heaters")
+            rig.set_currents("heaters", np.full(CH, 0.005))
+            raise RuntimeError("experiment failed")
+    assert np.array_equal(source.history[-1], np.zeros(CH)) and not source.output
+    assert_history_within_limits(source.history)
+    assert len(source.history) >= 1 + 2  # up in two ramp steps, down in two
