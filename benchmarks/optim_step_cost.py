@@ -57,7 +57,7 @@ def main() -> None:
         opt._update = Timed(opt._update)  # restore + finite check + hooks + base step
         variants[name] = (m, opt)
     t_base, t_var = [], {k: [] for k in variants}
-    book = {k: 0.0 for k in variants}
+    book = {k: [] for k in variants}
     warm = 5
     for i in range(args.steps + warm):
         # Interleave so drift in machine load hits every variant alike.
@@ -77,15 +77,17 @@ def main() -> None:
             opt.step()
             if i >= warm:
                 t_var[k].append(time.perf_counter() - t)
-                book[k] += ((opt.first_step.total - f0) + (opt._update.total - u0)
-                            - (opt.base_optimizer.step.total - b0))
+                book[k].append((opt.first_step.total - f0) + (opt._update.total - u0)
+                               - (opt.base_optimizer.step.total - b0))
     mb = statistics.median(t_base)
+    print("bookkeeping = time in first_step + step() minus the base optimizer's own step")
     print(f"small CNN (2 conv + 2 fc, {sum(p.numel() for p in base_m.parameters())} params), "
           f"batch {args.batch}, {args.steps} interleaved steps, 2 threads")
     print(f"base SGD step (fwd+bwd+step): median {mb * 1e3:.2f} ms")
     for k in variants:
         mv = statistics.median(t_var[k])
-        frac = book[k] / sum(t_var[k])
+        # Medians, not sums: on a shared machine a few preempted steps would dominate a sum.
+        frac = statistics.median(book[k]) / mv
         print(f"{k:5s} step: median {mv * 1e3:.2f} ms  ratio to base {mv / mb:.2f}x  "
               f"optimizer bookkeeping (perturb/save/restore/norms/hooks) {frac * 100:.1f}% of step")
 

@@ -66,6 +66,7 @@ class SAM(Optimizer):
             if g["adaptive"]:
                 t = torch._foreach_abs([p.detach() for p in ps])
                 torch._foreach_add_(t, g["eta"])
+                self._t[id(g)] = t  # reused by first_step for T^2 g
                 grads = torch._foreach_mul(t, grads)
             norms.extend(torch._foreach_norm(grads))
         if not norms:
@@ -76,6 +77,7 @@ class SAM(Optimizer):
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> bool:
         """Save w and move to w+eps along the current .grad; returns whether it perturbed."""
+        self._t: dict[int, list[torch.Tensor]] = {}
         norm = float(self._grad_norm())
         self.grad_norm = norm
         self.perturbed = norm > 0.0 and math.isfinite(norm)
@@ -95,11 +97,11 @@ class SAM(Optimizer):
             scale = g["rho"] / (norm + _XI)
             grads = [p.grad for p in ps]
             if g["adaptive"]:
-                t = torch._foreach_abs(ps)
-                torch._foreach_add_(t, g["eta"])
+                t = self._t[id(g)]
                 torch._foreach_mul_(t, t)
                 grads = torch._foreach_mul(t, grads)
             torch._foreach_add_(ps, grads, alpha=scale)
+        self._t = {}
         self.pending = True
         if zero_grad:
             self.zero_grad()

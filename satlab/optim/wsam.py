@@ -33,7 +33,7 @@ class WSAM(SAM):
     def first_step(self, zero_grad: bool = False) -> bool:
         """Keep a copy of g (clipped if max_norm) for the weighting, then perturb as SAM."""
         ps = [p for _, group in self._with_grad() for p in group]
-        gs = [p.grad.detach().clone() for p in ps]
+        gs = torch._foreach_mul([p.grad for p in ps], 1.0) if ps else []  # one batched copy
         perturbed = super().first_step(zero_grad=False)
         # Perturb with the raw g (as the reference); only the update sees clipped gradients.
         if self.max_norm is not None:
@@ -60,9 +60,9 @@ class WSAM(SAM):
             alpha = grp["gamma"] / (1.0 - grp["gamma"])
             gt, g = [p.grad for p in ps], [self.state[p]["g"] for p in ps]
             if self.decoupled:
-                torch._foreach_sub_(gt, g)  # .grad now holds the sharpness direction g~ - g
-                for p, s in zip(ps, gt):
-                    self.state[p]["sharp"] = s.clone()
+                sharp = torch._foreach_sub(gt, g)  # g~ - g, applied after the base step
+                for p, s in zip(ps, sharp):
+                    self.state[p]["sharp"] = s
                 torch._foreach_copy_(gt, g)
             else:
                 torch._foreach_mul_(gt, alpha)
