@@ -8,14 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from satlab import checkpoint
 from satlab.config import DEFAULT_CONFIG, RunConfig, load_config, parse_range
-from satlab.data import DataError, Dataset, load_dataset
-from satlab.instruments import CurrentSource, Photodetector
-from satlab.report import make_report, method_runs
 from satlab.rig import Rig, RigInterrupted, RigLimitError
 from satlab.rigfile import load_rig_file
-from satlab.validation import ConfigError
+from satlab.validation import ConfigError, DataError
+
+# torch and matplotlib load inside the commands that need them, so --help is instant.
 
 EPILOG = """examples:
   satlab train                          SAT vs plain training on the shipped simulated MRR rig
@@ -27,20 +25,31 @@ EPILOG = """examples:
 """
 
 
-def _data(cfg: RunConfig) -> Dataset:
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _data(cfg: RunConfig):  # noqa: ANN202
+    from satlab.data import load_dataset
+
     d = cfg.data
     return load_dataset(d.source, d.data_dir, d.train_per_class, d.test_per_class,
                         d.limit_train, d.limit_test)
 
 
 def _report(run_dir: Path) -> None:
+    from satlab.report import make_report
+
     out = run_dir / "report.png"
     print(make_report([run_dir], out))
     print(f"report: {out}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from satlab.training import train_method, write_run_files
+    from satlab.training import check_model_matches_rig, train_method, write_run_files
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -49,9 +58,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.config or args.epochs or args.data_dir:
             raise ConfigError(run_dir, "", "--resume continues a run as configured; "
                               "CONFIG, --epochs and --data-dir cannot change it")
-        cfg = load_config(run_dir / "config.yaml")
+        config_path = run_dir / "config.yaml"
     else:
-        cfg = load_config(args.config or DEFAULT_CONFIG)
+        config_path = Path(args.config or DEFAULT_CONFIG)
+    cfg = load_config(config_path)
+    if not args.resume:
         if args.epochs:
             cfg.training.epochs = args.epochs
         if args.data_dir:
@@ -59,6 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir) if args.run_dir else cfg.runs_dir / f"{cfg.name}-{stamp}"
     spec = load_rig_file(cfg.rig)
+    check_model_matches_rig(cfg, spec, config_path)
     data = _data(cfg)  # before the rig opens: bad data must not touch hardware
     print(f"data: {data.source}\nrig: {spec.name} ({cfg.rig})\nrun: {run_dir}")
     if not args.resume:
@@ -81,6 +93,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from satlab import checkpoint
+    from satlab.report import method_runs
     from satlab.training import build_trainee, evaluate_trainee
 
     target = Path(args.run_dir)
@@ -111,6 +125,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_rig_check(args: argparse.Namespace) -> int:
+    from satlab.instruments import CurrentSource, Photodetector
+
     spec = load_rig_file(args.rig_file)
     with Rig(spec, args.rig_file) as rig:
         for name, dev in rig.instruments.items():
@@ -127,6 +143,8 @@ def cmd_rig_check(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from satlab.report import make_report
+
     paths = [Path(p) for p in args.run_dirs]
     out = Path(args.output) if args.output else paths[0] / "report.png"
     print(make_report(paths, out))
@@ -150,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its checkpoints")
     t.add_argument("--run-dir", help="where to write the run (default: runs_dir/NAME-TIMESTAMP)")
     t.add_argument("--data-dir", help="folder with the four MNIST IDX files (full MNIST)")
-    t.add_argument("--epochs", type=int, help="override training.epochs")
+    t.add_argument("--epochs", type=_positive_int, help="override training.epochs")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 

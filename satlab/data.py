@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from satlab.validation import DataError
 
-class DataError(RuntimeError):
-    """The requested data cannot be loaded; never replaced by random data."""
+__all__ = ["DataError", "Dataset", "load_dataset", "load_idx_mnist", "load_offline_mnist"]
 
 
 @dataclass

@@ -23,6 +23,7 @@ from satlab.mrr_system import MrrLayerBackend
 from satlab.network import HybridNet
 from satlab.optim import SAM
 from satlab.rig import Rig
+from satlab.rigfile import RigSpec
 from satlab.sat import SatController
 from satlab.validation import ConfigError
 
@@ -40,21 +41,19 @@ def make_estimator(cfg: RunConfig) -> GradientEstimator:
     return ESTIMATORS[e.name]()
 
 
-def build_backends(cfg: RunConfig, rig: Rig, config_path: Path | str = "config") -> list[MrrLayerBackend]:
-    """One backend per physical layer, checked against the model's layer sizes."""
-    if rig.spec.system is None:
-        raise ConfigError(rig.path, "system", "training needs a system section with physical layers")
-    layers = rig.spec.system.layers
-    sizes = cfg.model.physical
+def check_model_matches_rig(cfg: RunConfig, spec: RigSpec, config_path: Path | str) -> None:
+    """The config's physical layer sizes must be the rig's; checked before the rig opens."""
+    if spec.system is None:
+        raise ConfigError(cfg.rig, "system", "training needs a system section with physical layers")
+    layers, sizes = spec.system.layers, cfg.model.physical
     if len(layers) != len(sizes) - 1:
         raise ConfigError(config_path, "model.physical",
-                          f"{len(sizes) - 1} physical layers described, but rig {rig.path} has {len(layers)}")
+                          f"{len(sizes) - 1} physical layers described, but rig {cfg.rig} has {len(layers)}")
     for i, layer in enumerate(layers):
         if (layer.in_features, layer.out_features) != (sizes[i], sizes[i + 1]):
             raise ConfigError(config_path, "model.physical",
                               f"layer {i} is {sizes[i]}->{sizes[i + 1]} but rig layer {layer.name} "
                               f"is {layer.in_features}->{layer.out_features}")
-    return [MrrLayerBackend(rig, layer) for layer in layers]
 
 
 @dataclass
@@ -80,7 +79,7 @@ def build_trainee(cfg: RunConfig, rig: Rig, method: str) -> Trainee:
     t = cfg.training
     torch.manual_seed(t.seed)
     estimator = make_estimator(cfg)
-    backends = build_backends(cfg, rig)
+    backends = [MrrLayerBackend(rig, layer) for layer in rig.spec.system.layers]
     model = HybridNet(cfg.model, backends, estimator, torch.Generator().manual_seed(t.seed))
     groups = [
         {"params": model.control_parameters(), "lr": t.lr_controls, "rho": t.rho,

@@ -20,6 +20,10 @@ class ConfigError(ValueError):
         super().__init__(where + expected)
 
 
+class DataError(RuntimeError):
+    """The requested data cannot be loaded; never replaced by random data."""
+
+
 def describe_validation_error(path: str | Path, err: ValidationError) -> ConfigError:
     """Turn pydantic's report into a ConfigError about the first problem."""
     first = err.errors()[0]

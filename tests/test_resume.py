@@ -1,0 +1,62 @@
+"""A training process killed mid-run and resumed ends exactly where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from satlab import checkpoint
+
+from conftest import TWO_LAYER_RIG, tiny_config, write_yaml
+
+DETERMINISTIC = ["epoch", "step", "loss", "accuracy", "rig_queries"]
+
+
+def train(*args):
+    return subprocess.Popen([sys.executable, "-m", "satlab", "train", *map(str, args), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def columns(path):
+    with open(path) as f:
+        return [[row[k] for k in DETERMINISTIC] for row in csv.DictReader(f)]
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    cfg = tiny_config(TWO_LAYER_RIG, methods=["sat"], epochs=2, checkpoint_every=3)
+    cfg["estimator"] = {"name": "finite_difference"}  # slow enough per step to be killed mid-run
+    path = write_yaml(tmp_path / "tiny.yaml", cfg)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+
+    proc = train(path, "--run-dir", killed)
+    ckpt = killed / "sat" / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = checkpoint.load(ckpt)
+    assert not state["done"] and not (killed / "sat" / "summary.json").exists()
+    assert 0 < state["epoch"] * 5 + state["step"] < 10  # 2 epochs of 5 steps: killed mid-run
+
+    resumed = train("--resume", killed)
+    uninterrupted = train(path, "--run-dir", whole)
+    for p in (resumed, uninterrupted):
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+
+    a, b = checkpoint.load(whole / "sat" / "checkpoint.pt"), checkpoint.load(ckpt)
+    assert a["done"] and b["done"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert columns(whole / "sat" / "metrics.csv") == columns(killed / "sat" / "metrics.csv")
+    sa = json.loads((whole / "sat" / "summary.json").read_text())
+    sb = json.loads((killed / "sat" / "summary.json").read_text())
+    assert sa["drift_sweep"] == sb["drift_sweep"] and sa["rig_queries"] == sb["rig_queries"]
