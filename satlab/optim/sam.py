@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ class SAM(Optimizer):
                  rho: float = 0.05, adaptive: bool = False, eta: float = 0.0, **base_kwargs: Any):
         if rho < 0 or eta < 0:
             raise ValueError(f"rho and eta must be >= 0, got rho={rho}, eta={eta}")
-        sam_defaults = dict(rho=rho, adaptive=adaptive, eta=eta)
+        sam_defaults = {"rho": rho, "adaptive": adaptive, "eta": eta}
         if isinstance(base_optimizer, Optimizer):
             if base_kwargs:
                 raise TypeError("base_kwargs only apply when base_optimizer is a class")

@@ -8,8 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from satlab.optim import (SAM, WSAM, frozen_bn_stats, m_sharpness_step, max_loss_in_ball,
-                          sam_train_step, top_hessian_eigenvalue)
+from satlab.optim import (
+    SAM,
+    WSAM,
+    frozen_bn_stats,
+    m_sharpness_step,
+    max_loss_in_ball,
+    sam_train_step,
+    top_hessian_eigenvalue,
+)
 
 CE = nn.functional.cross_entropy
 
@@ -41,7 +48,7 @@ def test_bn_stats_after_sam_step_equal_one_forward(momentum):
 
 
 def test_bn_frozen_context_is_what_keeps_stats():
-    x, y = _data()
+    x, _ = _data()
     model = _mlp(bn=True)
     before = model[1].running_mean.clone()
     with frozen_bn_stats(model):
