@@ -142,6 +142,13 @@ def cmd_rig_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rig_drivers(args: argparse.Namespace) -> int:
+    from satlab import registry
+
+    print("\n".join(registry.available()))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from satlab.report import make_report
 
@@ -188,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "identification and a reading, and leave the rig in its safe state.")
     c.add_argument("rig_file", metavar="RIG_FILE")
     c.set_defaults(func=cmd_rig_check)
+    d = rsub.add_parser("drivers", help="list the driver, simulator and twin names a rig file may use")
+    d.set_defaults(func=cmd_rig_drivers)
 
     rep = sub.add_parser("report", help="plot and tabulate one or more runs",
                          description="Accuracy-vs-drift and training-loss plots for runs (or their "

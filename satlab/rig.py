@@ -20,6 +20,15 @@ from satlab.rigfile import InstrumentSpec, Limits, RigSpec, load_rig_file
 log = logging.getLogger(__name__)
 
 
+def wait_until(deadline: float) -> None:
+    """Block until time.perf_counter() reaches deadline, to ~10 us (sleep, then spin)."""
+    remaining = deadline - time.perf_counter()
+    if remaining > 0.002:
+        time.sleep(remaining - 0.0015)  # sleep overshoots by up to ~1 ms; spin the rest
+    while time.perf_counter() < deadline:
+        pass
+
+
 class RigLimitError(ValueError):
     """A requested value that the rig refuses to apply (NaN/inf or outside limits)."""
 
@@ -100,6 +109,7 @@ class Rig:
         self.commands: deque[Command] = deque(maxlen=log_size)
         self.writes = 0
         self.settle_times = {n: i.settle_time for n, i in spec.instruments.items()}
+        self._ready_at = 0.0  # perf_counter time when every write so far has settled
         self._old_sigterm: Any = None
 
     @classmethod
@@ -177,19 +187,21 @@ class Rig:
     def _log(self, instrument: str, action: str, value: object) -> None:
         self.commands.append(Command(time.time(), instrument, action, value))
 
-    def _settle(self, name: str) -> None:
+    def _settled_after(self, name: str) -> None:
+        """A write to ``name`` takes effect settle_time from now: readings must wait for it."""
         wait = self.settle_times[name]
         if wait:
-            time.sleep(wait)
+            self._ready_at = max(self._ready_at, time.perf_counter() + wait)
 
     def _apply_ramped(self, name: str, target: np.ndarray) -> None:
         dev: CurrentSource = self.instruments[name]  # type: ignore[assignment]
         for value in self.guards[name].ramp(self.applied[name], target):
+            wait_until(self._ready_at)  # a ramp's steps are spaced by the settle time
             dev.set_currents(value)
             self.applied[name] = value
             self.writes += 1
             self._log(name, "set_currents", value)
-            self._settle(name)
+            self._settled_after(name)
 
     def set_currents(self, name: str, currents: np.ndarray, channels: np.ndarray | None = None) -> None:
         """Request currents (A) on a source, all channels or the listed ones; checked, ramped, logged."""
@@ -211,12 +223,19 @@ class Rig:
         if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 1:
             raise RigLimitError(f"{name}: input values must be finite and within [0, 1]")
         self.instruments[name].load(values)  # type: ignore[attr-defined]
-        self._settle(name)
+        self._settled_after(name)
 
     def read(self, name: str) -> np.ndarray:
-        """Read a detector (W), one row per loaded input pattern."""
-        self._settle(name)
-        return self.instruments[name].read()  # type: ignore[attr-defined]
+        """Read a detector (W), one row per loaded input pattern, once earlier writes have settled.
+
+        The detector's own settle_time is its integration time: the call lasts at
+        least that long (a simulated reading is computed while it integrates).
+        """
+        wait_until(self._ready_at)
+        start = time.perf_counter()
+        reading = self.instruments[name].read()  # type: ignore[attr-defined]
+        wait_until(start + self.settle_times[name])
+        return reading
 
     # -- simulation-only controls --------------------------------------------------
     def set_ambient_offset(self, kelvin: float) -> None:
