@@ -46,10 +46,12 @@ def make_report(paths: list[Path], out: Path) -> str:
         with open(run / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
         if rows:
-            ax_loss.plot(range(len(rows)), [float(r["loss"]) for r in rows], label=label)
+            ax_loss.plot([int(r["rig_queries"]) for r in rows], [float(r["loss"]) for r in rows],
+                         label=label, alpha=0.8)
     ax_drift.set(xlabel="thermal drift dT (K)", ylabel="test accuracy (%)", ylim=(0, 100),
                  title="Accuracy under drift (eval mode, full test set)")
-    ax_loss.set(xlabel="logged step", ylabel="training loss", title="Training loss")
+    ax_loss.set(xlabel="rig queries", ylabel="training loss (batch)",
+                title="Training loss vs measurement cost", yscale="log")
     for ax in (ax_drift, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend()
