@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from satlab.config import DEFAULT_CONFIG, RunConfig, load_config, parse_range
-from satlab.rig import Rig, RigInterrupted, RigLimitError
+from satlab.rig import Rig, RigError, RigInterrupted
 from satlab.rigfile import load_rig_file
 from satlab.validation import ConfigError, DataError
 
@@ -88,6 +88,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: rig left in its safe state; continue with\n"
               f"  satlab train --resume {run_dir}", file=sys.stderr)
         return 130
+    except Exception as exc:  # an instrument fault: the rig is already safe, checkpoints intact
+        print(f"error: {type(exc).__name__}: {exc}\nthe rig was put in its safe state; the last "
+              f"checkpoint is intact; after fixing the cause continue with\n"
+              f"  satlab train --resume {run_dir}", file=sys.stderr)
+        return 1
     _report(run_dir)
     return 0
 
@@ -215,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RigLimitError as exc:
-        print(f"error: rig refused a command and was put in its safe state: {exc}", file=sys.stderr)
+    except RigError as exc:
+        print(f"error: {exc} (the rig was left in its safe state)", file=sys.stderr)
         return 1
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)

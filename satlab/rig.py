@@ -29,7 +29,11 @@ def wait_until(deadline: float) -> None:
         pass
 
 
-class RigLimitError(ValueError):
+class RigError(RuntimeError):
+    """The rig refused, or cannot do, what was asked."""
+
+
+class RigLimitError(RigError, ValueError):
     """A requested value that the rig refuses to apply (NaN/inf or outside limits)."""
 
 
@@ -242,7 +246,7 @@ class Rig:
         """Shift the ambient temperature of every simulated bench (for drift studies)."""
         benches = [r for r in self.resources.values() if hasattr(r, "set_ambient_offset")]
         if not benches:
-            raise RuntimeError(f"{self.path}: this rig has no simulated bench whose ambient "
+            raise RigError(f"{self.path}: this rig has no simulated bench whose ambient "
                                "temperature satlab can set; drift studies need a simulated rig")
         for bench in benches:
             bench.set_ambient_offset(kelvin)

@@ -17,7 +17,8 @@ from satlab.simulators.mrr_bank import MrrBench
 class SimulatedHeaterSource(CurrentSource):
     """Heater driver of a simulated bank: one channel per ring."""
 
-    def __init__(self, resource: MrrBench, record: bool = False, trace_file: str | None = None) -> None:
+    def __init__(self, resource: MrrBench, record: bool = False, trace_file: str | None = None,
+                 fail_after_writes: int | None = None) -> None:
         self.bench = resource
         self.channels = resource.model.channels
         self.max_current = resource.model.params.max_current_A
@@ -27,6 +28,10 @@ class SimulatedHeaterSource(CurrentSource):
         # A line per change ("output max_current_A sum_current_A"), readable by another
         # process: how a test outside the process sees the device's last state.
         self.trace = open(trace_file, "a", buffering=1) if trace_file else None
+        # Fault injection: the n-th current write fails like a lost connection would.
+        self.fail_after_writes = fail_after_writes
+        self.writes = 0
+        self._requested = np.zeros(self.channels)
 
     def identify(self) -> str:
         """Name the simulated device and its size."""
@@ -37,14 +42,17 @@ class SimulatedHeaterSource(CurrentSource):
         currents = np.asarray(currents, dtype=float)
         if currents.min() < 0 or currents.max() > self.max_current:
             raise ValueError("simulated source asked beyond its range")  # the rig should prevent
+        self.writes += 1
+        if self.fail_after_writes is not None and self.writes > self.fail_after_writes:
+            self.fail_after_writes = None  # the fault clears: the safe-state writes go through
+            raise OSError(f"simulated heater source: no reply to write #{self.writes}")
         self._requested = currents
         self._drive()
         if self.history is not None:
             self.history.append(currents.copy())
 
     def _drive(self) -> None:
-        requested = getattr(self, "_requested", np.zeros(self.channels))
-        applied = requested if self.output else np.zeros(self.channels)
+        applied = self._requested if self.output else np.zeros(self.channels)
         self.bench.currents = torch.from_numpy(applied.copy())
         if self.trace is not None:
             self.trace.write(f"{int(self.output)} {applied.max():.9g} {applied.sum():.9g}\n")

@@ -89,3 +89,22 @@ def test_exception_inside_rig_ramps_down_and_switches_off():
     assert np.array_equal(source.history[-1], np.zeros(CH)) and not source.output
     assert_history_within_limits(source.history)
     assert len(source.history) >= 1 + 2  # up in two ramp steps, down in two
+
+
+def test_channel_map_routes_each_ring_to_its_heater_and_commands_are_logged():
+    import torch
+
+    from satlab.mrr_system import MrrLayerBackend
+
+    data = bank_rig(rows=2, cols=3)
+    permutation = [5, 3, 1, 0, 2, 4]
+    data["system"]["layers"][0]["heater_channels"] = permutation
+    spec = RigSpec.model_validate(data)
+    with Rig(spec) as rig:
+        backend = MrrLayerBackend(rig, spec.system.layers[0])
+        ring_currents = np.arange(1, 7) * 1e-3
+        backend.evaluate(torch.rand(2, 3), torch.from_numpy(ring_currents))
+        applied = rig.source("heaters").get_currents()
+        writes = [c for c in rig.commands if c.action == "set_currents"]
+    assert np.allclose(applied[permutation], ring_currents)
+    assert len(writes) == 1 and np.allclose(writes[0].value, applied)
