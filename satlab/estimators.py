@@ -39,6 +39,11 @@ def twin_vjp(backend: LayerBackend, x: torch.Tensor, controls: torch.Tensor,
     return grads[0].to(x.dtype), grads[1] if need_controls else None
 
 
+def _check_scheme(scheme: str) -> None:
+    if scheme not in ("central", "forward"):
+        raise ValueError(f"scheme must be 'central' or 'forward', got {scheme!r}")
+
+
 class GradientEstimator:
     """Base class: forward on the rig; subclasses say how the control gradient is found."""
 
@@ -71,8 +76,7 @@ class FiniteDifference(GradientEstimator):
     name = "finite_difference"
 
     def __init__(self, step: float = 1e-5, scheme: str = "central") -> None:
-        if scheme not in ("central", "forward"):
-            raise ValueError(f"scheme must be 'central' or 'forward', got {scheme!r}")
+        _check_scheme(scheme)
         self.step, self.scheme = step, scheme
         self.margin = step
 
@@ -100,8 +104,7 @@ class Spsa(GradientEstimator):
 
     def __init__(self, step: float = 1e-5, directions: int = 8, scheme: str = "central",
                  seed: int = 0) -> None:
-        if scheme not in ("central", "forward"):
-            raise ValueError(f"scheme must be 'central' or 'forward', got {scheme!r}")
+        _check_scheme(scheme)
         self.step, self.directions, self.scheme = step, directions, scheme
         self.margin = step
         self.generator = torch.Generator().manual_seed(seed)
