@@ -185,10 +185,18 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
         "rig_queries": tr.rig_queries,
         "rig_seconds": round(tr.rig_seconds, 3),
         "wall_seconds": round(wall(), 3),
+        "currents_A": _current_stats(tr),
     }
     summary.update(evaluate_trainee(cfg, tr, rig, data, parse_range(cfg.evaluation.drift), progress))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _current_stats(tr: Trainee) -> dict:
+    """Range of the trained heater currents: they must all be applicable (never negative)."""
+    currents = torch.cat([c.detach().flatten() for c in tr.model.control_parameters()])
+    return {"min": float(currents.min()), "max": float(currents.max()),
+            "mean": float(currents.mean()), "count": currents.numel()}
 
 
 def evaluate_trainee(cfg: RunConfig, tr: Trainee, rig: Rig, data: Dataset, drifts: list[float],
