@@ -71,7 +71,9 @@ def main() -> None:
         physics = physics_direct(rig2, tr, cfg.training.batch_size, queries)
     print(f"[zero latency] {args.steps} SAT steps, {sum(queries)} rig queries, conv={cfg.model.conv_channels}")
     print(f"  step time {elapsed:.3f} s, physics called directly {physics:.3f} s")
+    n = sum(queries)
     print(f"  share of the step inside the physics model: {physics / elapsed:.1%}")
+    print(f"  per query: {1e6 * elapsed / n:.1f} us in the step, {1e6 * physics / n:.1f} us of it physics")
 
     slow = copy.deepcopy(spec.model_dump())
     for name, inst in slow["instruments"].items():
