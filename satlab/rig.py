@@ -158,21 +158,30 @@ class Rig:
         return cls(**kwargs)
 
     def _shutdown(self) -> None:
-        for name, dev in self.instruments.items():
-            try:
+        # A second Ctrl-C must not cut the way to the safe state short: hold SIGINT and
+        # SIGTERM until every instrument is safe (they are delivered afterwards).
+        held = {signal.SIGINT, signal.SIGTERM}
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, held)
+            for name, dev in self.instruments.items():
+                steps = [dev.safe_state]
                 if isinstance(dev, CurrentSource) and name in self.applied:
-                    self._apply_ramped(name, np.zeros(dev.channels))
-                dev.safe_state()
+                    steps.insert(0, lambda n=name, d=dev: self._apply_ramped(n, np.zeros(d.channels)))
+                for step in steps:  # a failed ramp must not skip the instrument's own safe state
+                    try:
+                        step()
+                    except Exception:  # one failing instrument must not keep others unsafe
+                        log.exception("could not put %s in its safe state", name)
                 self._log(name, "safe_state", "")
-            except Exception:  # one failing instrument must not keep others unsafe
-                log.exception("could not put %s in its safe state", name)
-        for dev in self.instruments.values():
-            try:
-                dev.close()
-            except Exception:
-                log.exception("closing %s failed", dev)
-        self.instruments.clear()
-        self._restore_sigterm()
+            for dev in self.instruments.values():
+                try:
+                    dev.close()
+                except Exception:
+                    log.exception("closing %s failed", dev)
+            self.instruments.clear()
+            self._restore_sigterm()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
     def _install_sigterm(self) -> None:
         def on_sigterm(signum: int, frame: object) -> None:

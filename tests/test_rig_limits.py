@@ -108,3 +108,13 @@ def test_channel_map_routes_each_ring_to_its_heater_and_commands_are_logged():
         writes = [c for c in rig.commands if c.action == "set_currents"]
     assert np.allclose(applied[permutation], ring_currents)
     assert len(writes) == 1 and np.allclose(writes[0].value, applied)
+
+
+def test_failed_ramp_down_still_reaches_the_safe_state():
+    spec = RigSpec.model_validate(bank_rig(rows=2, cols=3, limits=LIMITS,
+                                           heater_options={"record": True, "fail_after_writes": 1}))
+    with Rig(spec) as rig:
+        source = rig.source("heaters")
+        rig.set_currents("heaters", np.full(CH, 0.002))  # write 1 succeeds; write 2 will fail
+    assert not source.output
+    assert np.array_equal(source.get_currents(), np.zeros(CH))
