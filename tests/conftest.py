@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+# The installed console script, as users run it. (Not "python -m satlab": that puts the
+# working directory on sys.path, and the source folder satlab/ lacks the installed
+# satlab.simulators / satlab.drivers, which live in simulators/ and drivers/.)
+SATLAB = str(Path(sys.executable).with_name("satlab"))
 
 
 def bank_rig(rows: int = 4, cols: int = 6, preset: str = "paper_system1", seed: int = 3,

@@ -5,15 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 
 import pytest
 
-from conftest import TWO_LAYER_RIG, bank_rig, tiny_config, write_yaml
+from conftest import SATLAB, TWO_LAYER_RIG, bank_rig, tiny_config, write_yaml
 
 
 def satlab(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "satlab", *map(str, args)], capture_output=True,
+    return subprocess.run([SATLAB, *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, timeout=600)
 
 

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import yaml
 
 from satlab import checkpoint
 
-from conftest import TWO_LAYER_RIG, tiny_config, write_yaml
+from conftest import SATLAB, TWO_LAYER_RIG, tiny_config, write_yaml
 
 
 def satlab(*args):
-    return subprocess.run([sys.executable, "-m", "satlab", *map(str, args), "--quiet"],
+    return subprocess.run([SATLAB, *map(str, args), "--quiet"],
                           capture_output=True, text=True, timeout=600)
 
 

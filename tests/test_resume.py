@@ -6,20 +6,19 @@ import csv
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import torch
 
 from satlab import checkpoint
 
-from conftest import TWO_LAYER_RIG, tiny_config, write_yaml
+from conftest import SATLAB, TWO_LAYER_RIG, tiny_config, write_yaml
 
 DETERMINISTIC = ["epoch", "step", "loss", "accuracy", "rig_queries"]
 
 
 def train(*args):
-    return subprocess.Popen([sys.executable, "-m", "satlab", "train", *map(str, args), "--quiet"],
+    return subprocess.Popen([SATLAB, "train", *map(str, args), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -28,8 +28,9 @@ def test_signal_leaves_rig_safe(tmp_path, sig):
     rig = write_yaml(tmp_path / "rig.yaml", bank_rig(
         rows=2, cols=3, heater_options={"trace_file": str(trace)},
         limits={"max_current": 0.01, "max_step": 0.003}))
+    # cwd: keep the source folder satlab/ off the child's sys.path (see conftest.SATLAB)
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(rig)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     assert proc.stdout.readline().strip() == "ready"
     lines = trace.read_text().split("\n")
     assert lines[-2].split()[:2] == ["1", "0.008"]  # on, at 8 mA, before the signal
