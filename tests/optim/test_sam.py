@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from satlab.optim import SAM
-from tests.optim.conftest import quad_loss
+from .conftest import quad_loss
 
 
 def _grad(w, a):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from satlab.optim import ASAM, GSAM, SAM, SAMSGD, WSAM, asam_param_groups
-from tests.optim.conftest import quad_loss
+from .conftest import quad_loss
 
 A = torch.tensor([1.0, 2.0])
 # Shared hand computation at w=[3,2], a=[1,2], rho=.5: g=[3,4], |g|=5, eps=[.3,.4],
