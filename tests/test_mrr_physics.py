@@ -98,3 +98,17 @@ def test_detector_noise_and_adc_are_seeded_and_quantised():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     lsb = 2 * 1e-3 * 3 / 2**12  # full scale = input full scale * channels, 12 bits
     assert np.allclose(a / lsb, np.round(a / lsb))
+
+
+def test_detector_averaging_reduces_noise_by_sqrt_n():
+    def spread(averages):
+        data = bank_rig(rows=4, cols=3, preset="tait_bank", limits={"max_current": 0.012},
+                        bench_overrides={"adc_bits": None, "detector_noise_W": 1e-5})
+        data["instruments"]["pd"]["options"] = {"averages": averages}
+        with Rig(RigSpec.model_validate(data)) as rig:
+            rig.load_inputs("inputs", np.full((500, 3), 0.5))
+            reading = rig.read("pd")
+        return float((reading - reading.mean(axis=0)).std())
+    single, four = spread(1), spread(4)
+    assert single == pytest.approx(1e-5, rel=0.05)
+    assert four == pytest.approx(single / 2, rel=0.08)
