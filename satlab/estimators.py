@@ -91,7 +91,8 @@ class FiniteDifference(GradientEstimator):
             probe[k] = base + h
             plus = backend.query(x, probe)
             probe[k] = base - h
-            changes[k] = (plus - backend.query(x, probe) if central else plus - y_np).ravel()
+            np.subtract(plus, backend.query(x, probe) if central else y_np,
+                        out=changes[k].reshape(plus.shape))
             probe[k] = base
         g = changes @ grad_out.detach().double().numpy().ravel() / (2 * h if central else h)
         return torch.from_numpy(g).to(controls.dtype)

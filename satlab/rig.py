@@ -63,6 +63,9 @@ class CurrentGuard:
     def __post_init__(self) -> None:
         per_channel = np.broadcast_to(np.asarray(self.limits.max_current, float), (self.channels,))
         self.max_current = np.minimum(per_channel, self.driver_max)
+        # One limit for all channels (the usual case): compare with a scalar, no temporary.
+        uniform = self.max_current.min() == self.max_current.max()
+        self._uniform_max = float(self.max_current[0]) if uniform else None
 
     def check(self, requested: np.ndarray) -> np.ndarray:
         """Return the currents to apply, or raise RigLimitError saying what is wrong."""
@@ -73,7 +76,8 @@ class CurrentGuard:
         if not math.isfinite(sum_sq):
             bad = np.flatnonzero(~np.isfinite(req))[:5].tolist()
             raise RigLimitError(f"{self.name}: non-finite current requested on channels {bad}")
-        if req.min() < 0 or (self.max_current - req).min() < 0:
+        if req.min() < 0 or (req.max() > self._uniform_max if self._uniform_max is not None
+                             else (self.max_current - req).min() < 0):
             if not self.limits.clip:
                 ch = int(np.flatnonzero((req < 0) | (req > self.max_current))[0])
                 raise RigLimitError(

@@ -19,37 +19,46 @@ LIMITS = {"max_current": [0.01, 0.01, 0.008, 0.01, 0.006, 0.01], "max_total_powe
           "heater_resistance_ohm": 500.0, "max_step": 0.004}
 
 
-def make_rig(clip: bool = False) -> Rig:
+def make_rig(clip: bool = False, max_current: float | list[float] = LIMITS["max_current"]) -> Rig:
+    limits = {**LIMITS, "clip": clip, "max_current": max_current}
     return Rig(RigSpec.model_validate(bank_rig(rows=2, cols=3, heater_options={"record": True},
-                                               limits={**LIMITS, "clip": clip})))
+                                               limits=limits)))
 
 
-def assert_history_within_limits(history: list[np.ndarray]) -> None:
+def assert_history_within_limits(history: list[np.ndarray],
+                                 max_current: float | list[float] = LIMITS["max_current"]) -> None:
     previous = np.zeros(CH)
     for applied in history:
         assert applied.min() >= 0
-        assert (applied <= np.array(LIMITS["max_current"])).all()
+        assert (applied <= np.array(max_current)).all()
         assert float(applied @ applied) * 500.0 <= LIMITS["max_total_power"] * (1 + 1e-12)
         assert np.abs(applied - previous).max() <= LIMITS["max_step"] + 1e-12
         previous = applied
 
 
-value = st.one_of(st.floats(-0.02, 0.03), st.sampled_from([math.nan, math.inf, -math.inf, 1.0]))
+bad_value = st.one_of(st.floats(-0.02, 0.03), st.sampled_from([math.nan, math.inf, -math.inf, 1.0]))
+# Mostly plausible requests near the limits, some with one corrupted channel.
+request = st.tuples(st.lists(st.floats(0, 0.012), min_size=CH, max_size=CH),
+                    st.one_of(st.none(), st.tuples(st.integers(0, CH - 1), bad_value)))
 
 
-@settings(max_examples=80, deadline=None)
-@given(st.lists(st.lists(value, min_size=CH, max_size=CH), min_size=1, max_size=8), st.booleans())
-def test_no_request_sequence_exceeds_limits(requests, clip):
-    with make_rig(clip) as rig:
+@settings(max_examples=150, deadline=None)
+@given(st.lists(request, min_size=1, max_size=8), st.booleans(),
+       st.sampled_from([LIMITS["max_current"], 0.007]))
+def test_no_request_sequence_exceeds_limits(requests, clip, max_current):
+    with make_rig(clip, max_current) as rig:
         source = rig.source("heaters")
-        for req in requests:
+        for values, corruption in requests:
+            req = np.array(values)
+            if corruption is not None:
+                req[corruption[0]] = corruption[1]
             try:
-                rig.set_currents("heaters", np.array(req))
+                rig.set_currents("heaters", req)
             except RigLimitError:
                 pass
         during = list(source.history)
-    assert_history_within_limits(during)
-    assert_history_within_limits(source.history)  # including the ramp down on exit
+    assert_history_within_limits(during, max_current)
+    assert_history_within_limits(source.history, max_current)  # including the ramp down on exit
     assert np.array_equal(source.history[-1], np.zeros(CH)) and not source.output
 
 
