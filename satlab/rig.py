@@ -16,6 +16,7 @@ import numpy as np
 from satlab import registry
 from satlab.instruments import CurrentSource, InputModulator, Instrument, Photodetector
 from satlab.rigfile import InstrumentSpec, Limits, RigSpec, load_rig_file
+from satlab.validation import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,15 @@ class CurrentGuard:
     limits: Limits
     channels: int
     driver_max: float
+    rig_path: Path = Path("<rig>")
     max_current: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        per_channel = np.broadcast_to(np.asarray(self.limits.max_current, float), (self.channels,))
+        limit = np.asarray(self.limits.max_current, float)
+        if limit.ndim and limit.size != self.channels:
+            raise ConfigError(self.rig_path, f"instruments.{self.name}.limits.max_current",
+                              f"one value per channel expected ({self.channels}), got {limit.size}")
+        per_channel = np.broadcast_to(limit, (self.channels,))
         self.max_current = np.minimum(per_channel, self.driver_max)
         # One limit for all channels (the usual case): compare with a scalar, no temporary.
         uniform = self.max_current.min() == self.max_current.max()
@@ -135,8 +141,10 @@ class Rig:
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._shutdown()
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        deferred = self._shutdown()
+        if deferred is not None and exc_type is None:
+            raise deferred  # a signal that arrived while the rig was being made safe
 
     def _open(self) -> None:
         for name, res in self.spec.resources.items():
@@ -147,10 +155,29 @@ class Rig:
         for name, inst in self.spec.instruments.items():
             dev = self.instruments[name]
             if isinstance(dev, CurrentSource):
-                self.guards[name] = CurrentGuard(name, inst.limits, dev.channels, dev.max_current)
+                self.guards[name] = CurrentGuard(name, inst.limits, dev.channels, dev.max_current,
+                                                 self.path)
+        self._check_channel_maps()
+        for name, dev in self.instruments.items():
+            if isinstance(dev, CurrentSource):
+                # Enabling an output applies its setpoint: bring the setpoint to zero
+                # through the guard first (ramped from what is flowing now).
                 self.applied[name] = np.asarray(dev.get_currents(), dtype=float)
+                self._apply_ramped(name, np.zeros(dev.channels))
                 dev.set_output(True)
-                self._log(name, "set_output", "True")
+                self._log(name, "set_output", True)
+
+    def _check_channel_maps(self) -> None:
+        """Every layer's heater channels exist on its source (known only once it is open)."""
+        if self.spec.system is None:
+            return
+        for i, layer in enumerate(self.spec.system.layers):
+            channels = self.source(layer.heaters).channels
+            mapped = layer.heater_channels or range(layer.in_features * layer.out_features)
+            if max(mapped) >= channels:
+                raise ConfigError(self.path, f"system.layers.{i}.heater_channels",
+                                  f"channel {max(mapped)} does not exist on {layer.heaters} "
+                                  f"({channels} channels)")
 
     def _build(self, name: str, inst: InstrumentSpec) -> Instrument:
         cls = registry.lookup(inst.driver)
@@ -161,12 +188,11 @@ class Rig:
             kwargs["resource"] = self.resources[inst.resource]
         return cls(**kwargs)
 
-    def _shutdown(self) -> None:
-        # A second Ctrl-C must not cut the way to the safe state short: hold SIGINT and
-        # SIGTERM until every instrument is safe (they are delivered afterwards).
-        held = {signal.SIGINT, signal.SIGTERM}
+    def _shutdown(self) -> BaseException | None:
+        """Make every instrument safe, close everything; return a signal that came meanwhile."""
+        deferred: list[BaseException] = []
+        held = self._defer_signals(deferred)
         try:
-            signal.pthread_sigmask(signal.SIG_BLOCK, held)
             for name, dev in self.instruments.items():
                 steps = [dev.safe_state]
                 if isinstance(dev, CurrentSource) and name in self.applied:
@@ -174,18 +200,35 @@ class Rig:
                 for step in steps:  # a failed ramp must not skip the instrument's own safe state
                     try:
                         step()
-                    except Exception:  # one failing instrument must not keep others unsafe
+                    except BaseException:  # one failing instrument must not keep others unsafe
                         log.exception("could not put %s in its safe state", name)
-                self._log(name, "safe_state", "")
-            for dev in self.instruments.values():
+                self._log(name, "safe_state", None)
+            for thing in [*self.instruments.values(), *self.resources.values()]:
                 try:
-                    dev.close()
-                except Exception:
-                    log.exception("closing %s failed", dev)
+                    if hasattr(thing, "close"):
+                        thing.close()
+                except BaseException:
+                    log.exception("closing %s failed", thing)
             self.instruments.clear()
-            self._restore_sigterm()
+            self.resources.clear()
+            self.applied.clear()
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+            for signum, handler in held.items():
+                signal.signal(signum, handler)
+            self._restore_sigterm()
+        return deferred[0] if deferred else None
+
+    def _defer_signals(self, deferred: list[BaseException]) -> dict[int, Any]:
+        """Until restored, SIGINT/SIGTERM are only recorded: nothing may cut the way to safety."""
+        def record(signum: int, frame: object) -> None:
+            deferred.append(KeyboardInterrupt() if signum == signal.SIGINT else RigInterrupted("SIGTERM"))
+        held = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                held[signum] = signal.signal(signum, record)
+            except ValueError:  # not the main thread: the caller owns signal handling
+                pass
+        return held
 
     def _install_sigterm(self) -> None:
         def on_sigterm(signum: int, frame: object) -> None:
@@ -228,11 +271,6 @@ class Rig:
             full = self.applied[name].copy()
             full[channels] = currents
         self._apply_ramped(name, self.guards[name].check(full))
-
-    def set_output(self, name: str, enabled: bool) -> None:
-        """Switch a current source's outputs."""
-        self.instruments[name].set_output(enabled)  # type: ignore[attr-defined]
-        self._log(name, "set_output", str(enabled))
 
     def load_inputs(self, name: str, values: np.ndarray) -> None:
         """Load a batch of input patterns (values in [0, 1]) onto a modulator."""

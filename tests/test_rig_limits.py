@@ -84,7 +84,7 @@ def test_clip_applies_nearest_allowed_value():
 def test_large_move_is_ramped_in_max_steps():
     with make_rig() as rig:
         rig.set_currents("heaters", np.array([0.01, 0, 0, 0, 0, 0.0]))
-        steps = [h[0] for h in rig.source("heaters").history]
+        steps = [h[0] for h in rig.source("heaters").history[1:]]  # [0]: zeroed on opening
     # 0.01 A in steps of at most 0.004 A: three equal steps
     assert steps == pytest.approx([0.01 / 3, 0.02 / 3, 0.01])
 
@@ -116,14 +116,17 @@ def test_channel_map_routes_each_ring_to_its_heater_and_commands_are_logged():
         applied = rig.source("heaters").get_currents()
         writes = [c for c in rig.commands if c.action == "set_currents"]
     assert np.allclose(applied[permutation], ring_currents)
-    assert len(writes) == 1 and np.allclose(writes[0].value, applied)
+    # opening writes zeros (before enabling the outputs), then the layer's one write
+    assert len(writes) == 2 and not writes[0].value.any() and np.allclose(writes[1].value, applied)
 
 
 def test_failed_ramp_down_still_reaches_the_safe_state():
     spec = RigSpec.model_validate(bank_rig(rows=2, cols=3, limits=LIMITS,
-                                           heater_options={"record": True, "fail_after_writes": 1}))
+                                           heater_options={"record": True, "fail_after_writes": 2}))
     with Rig(spec) as rig:
         source = rig.source("heaters")
-        rig.set_currents("heaters", np.full(CH, 0.002))  # write 1 succeeds; write 2 will fail
+        rig.set_currents("heaters", np.full(CH, 0.002))  # writes 1 (zero on opening) and 2 succeed
+    # the ramp-down write failed; the instrument's own safe state still zeroed it and switched off
+    assert np.array_equal(source.history[-1], np.zeros(CH))
+    assert source.history[-2] == pytest.approx(np.full(CH, 0.002))
     assert not source.output
-    assert np.array_equal(source.get_currents(), np.zeros(CH))

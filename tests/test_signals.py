@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -44,3 +45,24 @@ def test_signal_leaves_rig_safe(tmp_path, sig):
     peak = len(currents) - 1 - currents[::-1].index(0.008)
     # ramped down in steps of at most max_step (0.003 A), not dropped at once
     assert currents[peak + 1:peak + 4] == pytest.approx([0.008 * 2 / 3, 0.008 / 3, 0.0])
+
+
+def test_second_ctrl_c_during_ramp_down_does_not_cut_it_short(tmp_path):
+    trace = tmp_path / "heaters.trace"
+    data = bank_rig(rows=2, cols=3, heater_options={"trace_file": str(trace)},
+                    limits={"max_current": 0.01, "max_step": 0.001})
+    data["instruments"]["heaters"]["settle_time"] = 0.1  # ramp down: 8 steps, 0.1 s apart
+    rig = write_yaml(tmp_path / "rig.yaml", data)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(rig)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    assert trace.read_text().splitlines()[-1].split()[0] == "1"  # still ramping down
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    currents = [float(line.split()[1]) for line in trace.read_text().splitlines()]
+    peak = len(currents) - 1 - currents[::-1].index(0.008)
+    assert currents[peak + 1:peak + 9] == pytest.approx([0.008 * k / 8 for k in range(7, -1, -1)])
+    assert trace.read_text().splitlines()[-1].split()[:2] == ["0", "0"]
