@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Literal
 
@@ -9,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, m
 
 from satlab import registry
 from satlab.instruments import INTERFACES
-from satlab.validation import ConfigError, load_model, read_yaml
+from satlab.validation import ConfigError, OptionError, load_model, read_yaml
 
 
 class Strict(BaseModel):
@@ -35,8 +36,8 @@ class Limits(Strict):
         return self
 
 
-class ResourceSpec(Strict):
-    """Something several instruments share: a simulated bench, a serial bus."""
+class PluginSpec(Strict):
+    """A registry name and its options: a shared resource (bench, bus) or a twin."""
 
     driver: str
     options: dict = {}
@@ -62,13 +63,6 @@ class InstrumentSpec(Strict):
         return self
 
 
-class TwinSpec(Strict):
-    """The digital model of a layer, built from the registry like an instrument."""
-
-    driver: str
-    options: dict = {}
-
-
 class LayerSpec(Strict):
     """One physical layer and the instruments that perform it."""
 
@@ -80,7 +74,7 @@ class LayerSpec(Strict):
     detector: str
     heater_channels: list[int] | None = Field(
         None, description="current channel of ring (i, j) in row-major order; default 0..N-1")
-    twin: TwinSpec
+    twin: PluginSpec  # the layer's digital model, from the registry like an instrument
 
     @model_validator(mode="after")
     def _channel_map_size(self) -> "LayerSpec":
@@ -105,50 +99,71 @@ class RigSpec(Strict):
     """A whole rig file."""
 
     name: str
-    resources: dict[str, ResourceSpec] = {}
+    resources: dict[str, PluginSpec] = {}
     instruments: dict[str, InstrumentSpec] = Field(min_length=1)
     system: SystemSpec | None = None
 
 
+def _plugin(path: Path, field: str, name: str, placeholders: dict, options: dict,
+            expect: tuple[type, str] | None = None) -> type:
+    """Look up a registry name, check its type and its options, as far as possible unopened."""
+    known = registry.available()
+    if name not in known:
+        raise ConfigError(path, f"{field}.driver", f"unknown driver {name!r}; known: {', '.join(known)}")
+    cls = registry.lookup(name)
+    if expect is not None and not (isinstance(cls, type) and issubclass(cls, expect[0])):
+        actual = getattr(cls, "kind", getattr(cls, "__name__", "?"))
+        raise ConfigError(path, f"{field}.driver", f"{name!r} is not a {expect[1]} (it is a {actual})")
+    try:
+        inspect.signature(cls).bind(**placeholders, **options)
+    except TypeError as exc:
+        raise ConfigError(path, f"{field}.options", f"{exc} (for {name})") from None
+    check = getattr(cls, "check_options", None)
+    if check is not None:
+        try:
+            check(**options)
+        except OptionError as exc:
+            raise ConfigError(path, f"{field}.options.{exc.option}", exc.expected) from None
+    return cls
+
+
 def _check_references(path: Path, spec: RigSpec) -> None:
-    """Cross-references and registry names: everything checkable without hardware."""
-    known = set(registry.available())
+    """Cross-references, registry names and options: everything checkable without hardware."""
     for name, res in spec.resources.items():
-        if res.driver not in known:
-            raise ConfigError(path, f"resources.{name}.driver",
-                              f"unknown driver {res.driver!r}; known: {', '.join(sorted(known))}")
+        _plugin(path, f"resources.{name}", res.driver, {}, res.options)
     for name, inst in spec.instruments.items():
         where = f"instruments.{name}"
-        if inst.driver not in known:
-            raise ConfigError(path, f"{where}.driver",
-                              f"unknown driver {inst.driver!r}; known: {', '.join(sorted(known))}")
-        cls = registry.lookup(inst.driver)
-        if not issubclass(cls, INTERFACES[inst.kind]):
-            raise ConfigError(path, f"{where}.driver",
-                              f"{inst.driver!r} is a {getattr(cls, 'kind', '?')}, not a {inst.kind}")
         if inst.resource is not None and inst.resource not in spec.resources:
-            raise ConfigError(path, f"{where}.resource",
-                              f"no resource named {inst.resource!r} in resources")
-        limits = inst.limits
-        if limits and isinstance(limits.max_current, list):
-            n = inst.options.get("channels")
-            if n is not None and len(limits.max_current) != n:
-                raise ConfigError(path, f"{where}.limits.max_current",
-                                  f"one value per channel expected ({n}), got {len(limits.max_current)}")
+            raise ConfigError(path, f"{where}.resource", f"no resource named {inst.resource!r} in resources")
+        placeholders = {k: None for k in ("resource", "address") if getattr(inst, k) is not None}
+        _plugin(path, where, inst.driver, placeholders, inst.options, (INTERFACES[inst.kind], inst.kind))
     if spec.system is None:
         return
+    import torch  # only here: the rest of this module must stay light for `satlab --help`
+
+    used: dict[str, set[int]] = {}
+    optics: dict[str, str] = {}
     for i, layer in enumerate(spec.system.layers):
+        where = f"system.layers.{i}"
         for role, kind in (("heaters", "current_source"), ("inputs", "input_modulator"),
                            ("detector", "photodetector")):
             target = getattr(layer, role)
-            field = f"system.layers.{i}.{role}"
             if target not in spec.instruments:
-                raise ConfigError(path, field, f"no instrument named {target!r}")
+                raise ConfigError(path, f"{where}.{role}", f"no instrument named {target!r}")
             if spec.instruments[target].kind != kind:
-                raise ConfigError(path, field, f"{target!r} must be a {kind}")
-        if layer.twin.driver not in known:
-            raise ConfigError(path, f"system.layers.{i}.twin.driver",
-                              f"unknown twin {layer.twin.driver!r}")
+                raise ConfigError(path, f"{where}.{role}", f"{target!r} must be a {kind}")
+            if role != "heaters":
+                if target in optics:  # each layer loads and reads its own optics
+                    raise ConfigError(path, f"{where}.{role}", f"{target!r} is already used by "
+                                      f"layer {optics[target]}; each layer needs its own {kind}")
+                optics[target] = layer.name
+        channels = set(layer.heater_channels or range(layer.in_features * layer.out_features))
+        if channels & used.setdefault(layer.heaters, set()):
+            raise ConfigError(path, f"{where}.heater_channels", f"channels overlap another layer's "
+                              f"on {layer.heaters!r}; give each layer its own heater_channels")
+        used[layer.heaters] |= channels
+        _plugin(path, f"{where}.twin", layer.twin.driver, {}, layer.twin.options,
+                (torch.nn.Module, "digital twin (torch module)"))
 
 
 def load_rig_file(path: str | Path) -> RigSpec:

@@ -20,6 +20,14 @@ class ConfigError(ValueError):
         super().__init__(where + expected)
 
 
+class OptionError(ValueError):
+    """A driver or simulator option with an unusable value (raised by ``check_options``)."""
+
+    def __init__(self, option: str, expected: str) -> None:
+        self.option, self.expected = option, expected
+        super().__init__(f"{option}: {expected}")
+
+
 class DataError(RuntimeError):
     """The requested data cannot be loaded; never replaced by random data."""
 

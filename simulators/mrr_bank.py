@@ -15,10 +15,12 @@ finite extinction).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 import torch
+
+from satlab.validation import OptionError
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,46 @@ def preset_params(name: str, **overrides) -> MrrBankParams:
     if name not in PRESETS:
         raise KeyError(f"unknown MRR preset {name!r}; known: {sorted(PRESETS)}")
     return replace(PRESETS[name], **overrides)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked_override(key: str, value: object) -> object:
+    """One MrrBankParams override from a rig file, in the dataclass's own types."""
+    if key == "tuning":
+        if value not in ("power", "current"):
+            raise OptionError(key, f"expected 'power' or 'current', got {value!r}")
+    elif key == "crosstalk":
+        if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
+            raise OptionError(key, f"expected a list of coupling fractions, got {value!r}")
+        return tuple(float(v) for v in value)
+    elif key in ("adc_bits", "detector_full_scale_W"):
+        if value is not None and not (_is_number(value) and value > 0):
+            raise OptionError(key, f"expected a positive number or null, got {value!r}")
+    elif not _is_number(value):
+        raise OptionError(key, f"expected a number, got {value!r}")
+    return value
+
+
+def bank_model(rows: int, cols: int, preset: str = "paper_system1", seed: int = 0,
+               **overrides) -> "MrrBankModel":
+    """The bank model that rig-file options describe; OptionError names a bad option."""
+    for key, value in (("rows", rows), ("cols", cols)):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise OptionError(key, f"expected a positive integer, got {value!r}")
+    if preset not in PRESETS:
+        raise OptionError("preset", f"expected one of {', '.join(sorted(PRESETS))}, got {preset!r}")
+    if not (isinstance(seed, int) and not isinstance(seed, bool)):
+        raise OptionError("seed", f"expected an integer, got {seed!r}")
+    known = {f.name for f in fields(MrrBankParams)}
+    for key in overrides:
+        if key not in known:
+            raise OptionError(key, "unknown option; expected rows, cols, preset, seed or one of "
+                                   + ", ".join(sorted(known)))
+    params = replace(PRESETS[preset], **{k: _checked_override(k, v) for k, v in overrides.items()})
+    return MrrBankModel(rows, cols, params, seed)
 
 
 @dataclass
@@ -175,15 +217,12 @@ class MrrBankModel:
 class MrrBankTwin(torch.nn.Module):
     """Digital twin of a weight bank: noise-free ``y = W(I) x`` in input units."""
 
-    def __init__(self, model: MrrBankModel) -> None:
+    def __init__(self, rows: int, cols: int, preset: str = "paper_system1", seed: int = 0,
+                 **overrides) -> None:
         super().__init__()
-        self.model = model
+        self.model = bank_model(rows, cols, preset, seed, **overrides)
 
-    @classmethod
-    def from_options(cls, rows: int, cols: int, preset: str = "paper_system1",
-                     seed: int = 0, **overrides) -> "MrrBankTwin":
-        """Build a twin from the same preset/seed options a simulated bench takes."""
-        return cls(MrrBankModel(rows, cols, preset_params(preset, **overrides), seed))
+    check_options = staticmethod(bank_model)  # validates rig-file options, builds nothing real
 
     def forward(self, inputs: torch.Tensor, currents: torch.Tensor,
                 drift_K: float = 0.0) -> torch.Tensor:
@@ -197,12 +236,19 @@ class MrrBench:
 
     def __init__(self, rows: int, cols: int, preset: str = "paper_system1",
                  seed: int = 0, noise_seed: int | None = None, **overrides) -> None:
-        self.model = MrrBankModel(rows, cols, preset_params(preset, **overrides), seed)
+        self.model = bank_model(rows, cols, preset, seed, **overrides)
         self.currents = torch.zeros(self.model.channels, dtype=torch.float64)
         self.inputs = torch.zeros(1, cols, dtype=torch.float64)
         self.drift_K = 0.0
         self.generator = torch.Generator().manual_seed(seed + 1 if noise_seed is None
                                                        else noise_seed)
+
+    @staticmethod
+    def check_options(noise_seed: int | None = None, **options) -> None:
+        """Validate rig-file options without building a bench."""
+        if noise_seed is not None and not (isinstance(noise_seed, int) and not isinstance(noise_seed, bool)):
+            raise OptionError("noise_seed", f"expected an integer, got {noise_seed!r}")
+        bank_model(**options)
 
     def read(self) -> torch.Tensor:
         """Balanced detector powers (W) for the loaded inputs and applied currents."""

@@ -32,7 +32,7 @@ def bank_rig(rows: int = 4, cols: int = 6, preset: str = "paper_system1", seed: 
         "system": {"type": "mrr_weight_bank", "layers": [{
             "name": "fc", "in_features": cols, "out_features": rows, "heaters": "heaters",
             "inputs": "inputs", "detector": "pd",
-            "twin": {"driver": "twin.mrr_bank", "options": bench}}]},
+            "twin": {"driver": "twin.mrr_bank", "options": dict(bench)}}]},
     }
 
 

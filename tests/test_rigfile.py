@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 
+import yaml
+
 import pytest
 
+from satlab.rig import Rig
 from satlab.rigfile import load_rig_file
 from satlab.validation import ConfigError
 
@@ -24,7 +27,7 @@ CASES = [
     (lambda d: d["instruments"]["heaters"].update(driver="simulated.nope"),
      "instruments.heaters.driver", "unknown driver 'simulated.nope'"),
     (lambda d: d["instruments"]["pd"].update(driver="simulated.mrr_heaters"),
-     "instruments.pd.driver", "is a current_source, not a photodetector"),
+     "instruments.pd.driver", "is not a photodetector (it is a current_source)"),
     (lambda d: d["instruments"]["heaters"].pop("limits"),
      "instruments.heaters", "needs limits"),
     (lambda d: d["instruments"]["heaters"].update(resource="chip2"),
@@ -37,6 +40,18 @@ CASES = [
      "instruments.heaters.limits", "needs heater_resistance_ohm"),
     (lambda d: d["instruments"]["heaters"].update(settle=0.1),
      "instruments.heaters.settle", "Extra inputs are not permitted"),
+    (lambda d: d["instruments"]["heaters"]["options"].update(recrod=True),
+     "instruments.heaters.options", "unexpected keyword argument 'recrod'"),
+    (lambda d: d["resources"]["chip"]["options"].update(rows="ten"),
+     "resources.chip.options.rows", "expected a positive integer, got 'ten'"),
+    (lambda d: d["resources"]["chip"]["options"].update(preset="nope"),
+     "resources.chip.options.preset", "expected one of paper_system1, tait_bank"),
+    (lambda d: d["resources"]["chip"]["options"].update(fwhm=0.3),
+     "resources.chip.options.fwhm", "unknown option"),
+    (lambda d: d["system"]["layers"][0]["twin"].update(driver="simulated.mrr_heaters"),
+     "system.layers.0.twin.driver", "is not a digital twin"),
+    (lambda d: d["system"]["layers"][0]["twin"]["options"].update(crosstalk="strong"),
+     "system.layers.0.twin.options.crosstalk", "expected a list of coupling fractions"),
 ]
 
 
@@ -67,3 +82,38 @@ def test_valid_file_round_trips(tmp_path):
     data = copy.deepcopy(bank_rig())
     spec = load_rig_file(write_yaml(tmp_path / "rig.yaml", data))
     assert spec.instruments["heaters"].limits.max_current == 0.024
+
+
+def two_layer_rig(tmp_path, edit):
+    data = yaml.safe_load(TWO_LAYER_RIG.read_text())
+    edit(data)
+    return write_yaml(tmp_path / "rig.yaml", data)
+
+
+def test_layers_cannot_share_optics(tmp_path):
+    path = two_layer_rig(tmp_path, lambda d: d["system"]["layers"][1].update(detector="pd_fc2"))
+    with pytest.raises(ConfigError, match=r"system.layers.1.detector: 'pd_fc2' is already used by layer fc2"):
+        load_rig_file(path)
+
+
+def test_layers_sharing_a_source_need_disjoint_channels(tmp_path):
+    path = two_layer_rig(tmp_path, lambda d: d["system"]["layers"][1].update(heaters="heaters_fc2"))
+    with pytest.raises(ConfigError, match=r"system.layers.1.heater_channels: channels overlap"):
+        load_rig_file(path)
+
+
+@pytest.mark.parametrize("edit,field,expected", [
+    (lambda d: d["system"]["layers"][0].update(heater_channels=list(range(100, 124))),
+     "system.layers.0.heater_channels", "channel 123 does not exist on heaters (24 channels)"),
+    (lambda d: d["instruments"]["heaters"]["limits"].update(max_current=[0.01, 0.02]),
+     "instruments.heaters.limits.max_current", "one value per channel expected (24), got 2"),
+])
+def test_what_needs_the_open_instrument_is_checked_before_any_write(tmp_path, edit, field, expected):
+    trace = tmp_path / "trace"
+    data = bank_rig(heater_options={"trace_file": str(trace)})
+    edit(data)
+    with pytest.raises(ConfigError) as info:
+        with Rig.from_file(write_yaml(tmp_path / "rig.yaml", data)):
+            pass
+    assert str(info.value).startswith(f"{tmp_path / 'rig.yaml'}: {field}: {expected}")
+    assert not trace.exists() or "1 " not in trace.read_text()  # no current ever enabled
