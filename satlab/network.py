@@ -61,8 +61,6 @@ class HybridNet(nn.Module):
                                                currents_for_weights(backend, target)))
             last = i == len(backends) - 1
             self.between.append(nn.Identity() if last else nn.Sequential(*_bounded(backend.out_features)))
-        for layer in self.physical:
-            layer.project()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of images (B, 1, 28, 28)."""

@@ -35,6 +35,7 @@ class PhysicalLayer(nn.Module):
         super().__init__()
         self.backend, self.estimator = backend, estimator
         self.currents = nn.Parameter(currents.to(torch.float64).clone())
+        self.project()  # start applicable, whatever the initial values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training uses the estimator's forward; evaluation always runs on the rig."""

@@ -85,3 +85,23 @@ def test_sat_keeps_currents_applicable_with_large_rho_and_lr():
     assert history.min() >= 0 and history.max() <= 0.006
     assert bool((currents >= 1e-5).all()) and bool((currents <= 0.006 - 1e-5).all())
     assert bool(((currents == 1e-5) | (currents == 0.006 - 1e-5)).any())  # the big steps hit a bound
+
+
+def test_projection_keeps_probes_inside_the_power_budget():
+    from satlab.estimators import Spsa
+
+    limits = {"max_current": 0.006, "max_total_power": 2e-4, "heater_resistance_ohm": 500.0}
+    spec = RigSpec.model_validate(bank_rig(rows=3, cols=4, limits=limits))
+    with Rig(spec) as rig:
+        backend = MrrLayerBackend(rig, spec.system.layers[0])
+        for estimator in (FiniteDifference(step=1e-5), Spsa(step=1e-5, directions=4, seed=0)):
+            layer = PhysicalLayer(backend, estimator, torch.full((12,), 3e-3))
+            opt = SAM([{"params": [layer.currents], "lr": 1e-3}], torch.optim.SGD, rho=1.0)
+            ctrl = SatController(nn.Sequential(layer), nn.functional.cross_entropy, opt, "sat")
+            gen = torch.Generator().manual_seed(0)
+            x, y = torch.rand(8, 4, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+            for _ in range(3):
+                ctrl.step(x, y)  # the rig raises on any probe beyond the power limit
+            currents = layer.currents.detach()
+            assert float(currents.pow(2).sum()) * 500 <= 2e-4
+            assert float(currents.min()) >= 1e-5 - 1e-15
