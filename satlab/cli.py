@@ -77,11 +77,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         write_run_files(run_dir, cfg, spec.model_dump(mode="json", exclude_none=True))
     try:
         with Rig(spec, cfg.rig) as rig:
+            rig_start = rig.state_dict()
             for method in cfg.training.methods:
                 if (run_dir / method / "summary.json").exists():
                     print(f"{method}: already finished")
                     continue
-                s = train_method(cfg, rig, data, run_dir, method, progress=not args.quiet)
+                s = train_method(cfg, rig, data, run_dir, method, rig_start, progress=not args.quiet)
                 print(f"{method}: test accuracy {100 * s['test_accuracy']:.2f}% "
                       f"({s['rig_queries']} rig queries, {s['wall_seconds']:.0f} s)")
     except (KeyboardInterrupt, RigInterrupted):

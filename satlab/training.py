@@ -129,14 +129,19 @@ def _truncate_csv(path: Path, rows: int) -> None:
 
 
 def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method: str,
-                 progress: bool = True) -> dict:
-    """Train one method (sat or plain) in ``run_dir/method``, resuming from its checkpoint."""
+                 rig_start: dict, progress: bool = True) -> dict:
+    """Train one method (sat or plain) in ``run_dir/method``, resuming from its checkpoint.
+
+    ``rig_start`` is the simulated rig's state when it was opened: every method
+    starts from it, so a method is the same whether or not a resume came before it.
+    """
     out = run_dir / method
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.csv"
     tr = build_trainee(cfg, rig, method)
     t = cfg.training
     epoch, start_step, rows, wall0 = 0, 0, 0, 0.0
+    rig.load_state_dict(rig_start)
     if ckpt_path.exists():
         state = checkpoint.load(ckpt_path)
         restore(tr, rig, state)

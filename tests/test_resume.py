@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import time
 
 import torch
+import yaml
 
 from satlab import checkpoint
 
@@ -59,3 +61,23 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     sa = json.loads((whole / "sat" / "summary.json").read_text())
     sb = json.loads((killed / "sat" / "summary.json").read_text())
     assert sa["drift_sweep"] == sb["drift_sweep"] and sa["rig_queries"] == sb["rig_queries"]
+
+
+def test_method_started_after_a_resume_matches_one_started_in_the_first_process(tmp_path):
+    rig = yaml.safe_load(TWO_LAYER_RIG.read_text())
+    for name in ("chip_fc2", "chip_fc3"):  # detector noise: draws from the bench's RNG
+        rig["resources"][name]["options"]["detector_noise_W"] = 2e-5
+    rig_path = write_yaml(tmp_path / "rig.yaml", rig)
+    path = write_yaml(tmp_path / "cfg.yaml", tiny_config(rig_path))
+    whole = tmp_path / "whole"
+    p = train(path, "--run-dir", whole)
+    assert p.wait(timeout=600) == 0, p.stderr.read()
+    partial = tmp_path / "partial"
+    shutil.copytree(whole, partial)
+    shutil.rmtree(partial / "plain")  # as if stopped right after SAT finished
+    p = train("--resume", partial)
+    assert p.wait(timeout=600) == 0, p.stderr.read()
+    assert columns(whole / "plain" / "metrics.csv") == columns(partial / "plain" / "metrics.csv")
+    a = json.loads((whole / "plain" / "summary.json").read_text())
+    b = json.loads((partial / "plain" / "summary.json").read_text())
+    assert a["drift_sweep"] == b["drift_sweep"]
