@@ -32,12 +32,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _data(cfg: RunConfig):  # noqa: ANN202
+def _drift_grid(text: str) -> list[float]:
+    try:
+        return parse_range(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _data(cfg: RunConfig, config_path: Path):  # noqa: ANN202
     from satlab.data import load_dataset
 
     d = cfg.data
-    return load_dataset(d.source, d.data_dir, d.train_per_class, d.test_per_class,
-                        d.limit_train, d.limit_test)
+    try:
+        return load_dataset(d.source, d.data_dir, d.train_per_class, d.test_per_class,
+                            d.limit_train, d.limit_test)
+    except DataError as exc:
+        raise ConfigError(config_path, "data", str(exc)) from None
 
 
 def _report(run_dir: Path) -> None:
@@ -55,9 +65,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
             raise ConfigError(run_dir, "", "not a run directory (no config.yaml)")
-        if args.config or args.epochs or args.data_dir:
-            raise ConfigError(run_dir, "", "--resume continues a run as configured; "
-                              "CONFIG, --epochs and --data-dir cannot change it")
+        if args.config or args.epochs or args.data_dir or args.run_dir:
+            raise ConfigError(run_dir, "", "--resume continues a run where it is, as configured; "
+                              "CONFIG, --run-dir, --epochs and --data-dir cannot change it")
         config_path = run_dir / "config.yaml"
     else:
         config_path = Path(args.config or DEFAULT_CONFIG)
@@ -71,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.run_dir) if args.run_dir else cfg.runs_dir / f"{cfg.name}-{stamp}"
     spec = load_rig_file(cfg.rig)
     check_model_matches_rig(cfg, spec, config_path)
-    data = _data(cfg)  # before the rig opens: bad data must not touch hardware
+    data = _data(cfg, config_path)  # before the rig opens: bad data must not touch hardware
     print(f"data: {data.source}\nrig: {spec.name} ({cfg.rig})\nrun: {run_dir}")
     if not args.resume:
         write_run_files(run_dir, cfg, spec.model_dump(mode="json", exclude_none=True))
@@ -85,17 +95,24 @@ def cmd_train(args: argparse.Namespace) -> int:
                 s = train_method(cfg, rig, data, run_dir, method, rig_start, progress=not args.quiet)
                 print(f"{method}: test accuracy {100 * s['test_accuracy']:.2f}% "
                       f"({s['rig_queries']} rig queries, {s['wall_seconds']:.0f} s)")
-    except (KeyboardInterrupt, RigInterrupted):
-        print(f"\ninterrupted: rig left in its safe state; continue with\n"
-              f"  satlab train --resume {run_dir}", file=sys.stderr)
-        return 130
-    except Exception as exc:  # an instrument fault: the rig is already safe, checkpoints intact
-        print(f"error: {type(exc).__name__}: {exc}\nthe rig was put in its safe state; the last "
-              f"checkpoint is intact; after fixing the cause continue with\n"
-              f"  satlab train --resume {run_dir}", file=sys.stderr)
+    except (KeyboardInterrupt, RigInterrupted) as exc:
+        print(f"\ninterrupted: the rig was put in its safe state.{_resume_hint(run_dir)}",
+              file=sys.stderr)
+        return 143 if isinstance(exc, RigInterrupted) else 130
+    except (ConfigError, DataError):
+        raise
+    except Exception as exc:  # e.g. an instrument fault: the rig is safe, checkpoints intact
+        print(f"error: {type(exc).__name__}: {exc}\nthe rig was put in its safe state."
+              f"{_resume_hint(run_dir)}", file=sys.stderr)
         return 1
     _report(run_dir)
     return 0
+
+
+def _resume_hint(run_dir: Path) -> str:
+    if not any((run_dir / m / "checkpoint.pt").exists() for m in ("sat", "plain")):
+        return ""
+    return f" The last checkpoint is intact; continue with\n  satlab train --resume {run_dir}"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -112,8 +129,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         [root / m for m in cfg.training.methods]) if (r / "checkpoint.pt").exists()]
     if not runs:
         raise ConfigError(target, "", "no trained method with a checkpoint.pt found")
-    drifts = parse_range(args.drift) if args.drift else parse_range(cfg.evaluation.drift)
-    data = _data(cfg)
+    drifts = args.drift or parse_range(cfg.evaluation.drift)
+    data = _data(cfg, root / "config.yaml")
     with Rig.from_file(cfg.rig) as rig:
         for run in runs:
             method = run.name
@@ -159,7 +176,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from satlab.report import make_report
 
     paths = [Path(p) for p in args.run_dirs]
-    out = Path(args.output) if args.output else paths[0] / "report.png"
+    # one run: its own report; several: a comparison here, never over one run's report
+    out = Path(args.output) if args.output else (
+        paths[0] / "report.png" if len(paths) == 1 else Path("report.png"))
     print(make_report(paths, out))
     print(f"report: {out}")
     return 0
@@ -189,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Re-evaluate a run (or one method of it) on the full test set at "
                                    "each ambient temperature offset; updates summary.json and the report.")
     e.add_argument("run_dir", metavar="RUN_DIR")
-    e.add_argument("--drift", help="drift grid in K: start:stop:count (inclusive) or a,b,c "
+    e.add_argument("--drift", type=_drift_grid, help="drift grid in K: start:stop:count (inclusive) or a,b,c "
                                    "(default: the run's evaluation.drift)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_evaluate)
@@ -208,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Accuracy-vs-drift and training-loss plots for runs (or their "
                                      "method folders), with a table of accuracies.")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    rep.add_argument("-o", "--output", help="PNG path (default: FIRST_RUN_DIR/report.png)")
+    rep.add_argument("-o", "--output", help="PNG path (default: RUN_DIR/report.png for one run, "
+                                            "./report.png for several)")
     rep.set_defaults(func=cmd_report)
     return p
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
 
 from satlab.rigfile import Strict
-from satlab.validation import load_model
+from satlab.validation import ConfigError, load_model
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
@@ -53,6 +53,21 @@ class ModelConfig(Strict):
             raise ValueError("the last physical layer must output 10 MNIST classes")
         return v
 
+    @field_validator("conv_channels")
+    @classmethod
+    def _fits_28_pixels(cls, v: list[int]) -> list[int]:
+        if feature_map_size(len(v)) < 1:
+            raise ValueError(f"{len(v)} conv stages shrink a 28x28 image to nothing; at most 2")
+        return v
+
+
+def feature_map_size(stages: int) -> int:
+    """Side of the feature map after the conv stages (5x5 conv, 2x2 pool; first conv padded)."""
+    size = 28
+    for i in range(stages):
+        size = (size if i == 0 else size - 4) // 2
+    return size
+
 
 class EstimatorConfig(Strict):
     """How physical-layer gradients are estimated."""
@@ -67,12 +82,20 @@ class TrainingConfig(Strict):
     """Optimisation settings; SAT and plain training share all of them except rho."""
 
     methods: list[Literal["sat", "plain"]] = Field(["sat", "plain"], min_length=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _once_each(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("list each method once")
+        return v
+
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 64
     optimizer: Literal["adam", "sgd"] = "adam"
     lr_controls: PositiveFloat = Field(1e-4, description="A per step scale")
     lr_digital: PositiveFloat = 1e-3
-    rho: NonNegativeFloat = 0.5
+    rho: NonNegativeFloat = 1.0
     adaptive: bool = True
     rho_digital: NonNegativeFloat = 0.0
     seed: int = 0
@@ -107,9 +130,15 @@ class RunConfig(Strict):
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Validate a config file; a relative rig path is taken relative to the config's folder."""
+    """Validate a config file; relative rig and data_dir paths are relative to the config file.
+
+    (runs_dir is relative to the working directory, like any output path.)
+    """
     path = Path(path)
     cfg = load_model(path, RunConfig)
-    if not cfg.rig.is_absolute():
-        cfg.rig = (path.parent / cfg.rig).resolve()
+    cfg.rig = (path.parent / cfg.rig).resolve()
+    if not cfg.rig.is_file():
+        raise ConfigError(path, "rig", f"no rig file at {cfg.rig}")
+    if cfg.data.data_dir is not None:
+        cfg.data.data_dir = (path.parent / cfg.data.data_dir).resolve()
     return cfg

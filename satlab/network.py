@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from satlab.config import ModelConfig
+from satlab.config import ModelConfig, feature_map_size
 from satlab.estimators import GradientEstimator
 from satlab.mrr_system import MrrLayerBackend
 from satlab.physical_layer import PhysicalLayer
@@ -42,12 +42,12 @@ class HybridNet(nn.Module):
                  estimator: GradientEstimator, generator: torch.Generator) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        channels, size = 1, 28
-        for out in cfg.conv_channels:
-            layers += [nn.Conv2d(channels, out, 5, padding=2 if channels == 1 else 0),
+        channels = 1
+        for i, out in enumerate(cfg.conv_channels):
+            layers += [nn.Conv2d(channels, out, 5, padding=2 if i == 0 else 0),
                        nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
-            size = (size if channels == 1 else size - 4) // 2
             channels = out
+        size = feature_map_size(len(cfg.conv_channels))
         layers += [nn.Flatten(), nn.Linear(channels * size * size, cfg.physical[0]),
                    *_bounded(cfg.physical[0])]
         self.front = nn.Sequential(*layers)

@@ -64,7 +64,7 @@ class CurrentGuard:
 
     def __post_init__(self) -> None:
         limit = np.asarray(self.limits.max_current, float)
-        if limit.ndim and limit.size != self.channels:
+        if limit.size not in (1, self.channels):
             raise ConfigError(self.rig_path, f"instruments.{self.name}.limits.max_current",
                               f"one value per channel expected ({self.channels}), got {limit.size}")
         per_channel = np.broadcast_to(limit, (self.channels,))

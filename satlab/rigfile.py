@@ -6,7 +6,8 @@ import inspect
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator,
+                      model_validator)
 
 from satlab import registry
 from satlab.instruments import INTERFACES
@@ -22,12 +23,17 @@ class Strict(BaseModel):
 class Limits(Strict):
     """Current-source limits enforced by the rig's single write path."""
 
-    max_current: PositiveFloat | list[PositiveFloat] = Field(
+    max_current: list[PositiveFloat] = Field(
         description="A per channel (one number for all, or one per channel)")
     max_total_power: PositiveFloat | None = Field(None, description="W over all heaters")
     heater_resistance_ohm: PositiveFloat | None = None
     max_step: PositiveFloat | None = Field(None, description="A per write; larger moves ramp")
     clip: bool = Field(False, description="clip out-of-range requests instead of rejecting")
+
+    @field_validator("max_current", mode="before")
+    @classmethod
+    def _one_for_all(cls, v: object) -> object:
+        return [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _power_needs_resistance(self) -> "Limits":

@@ -34,14 +34,14 @@ class DataError(RuntimeError):
 
 def describe_validation_error(path: str | Path, err: ValidationError) -> ConfigError:
     """Turn pydantic's report into a ConfigError about the first problem."""
-    first = err.errors()[0]
+    errors = err.errors()
+    first = errors[0]
     field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
-    if first["type"] not in ("missing", "extra_forbidden") and "input" in first:
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] not in ("missing", "extra_forbidden", "value_error") and "input" in first:
         msg += f" (got {first['input']!r})"
-    more = len(err.errors()) - 1
-    if more:
-        msg += f" [+{more} more problem{'s' if more > 1 else ''}]"
+    if len(errors) > 1:
+        msg += f" [+{len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}]"
     return ConfigError(path, field, msg)
 
 
@@ -52,6 +52,8 @@ def read_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(path, "", "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"cannot read this as a YAML file ({exc.__class__.__name__})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(syntax)"

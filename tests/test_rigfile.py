@@ -81,7 +81,7 @@ def test_shipped_rig_validates_and_expands_anchors():
 def test_valid_file_round_trips(tmp_path):
     data = copy.deepcopy(bank_rig())
     spec = load_rig_file(write_yaml(tmp_path / "rig.yaml", data))
-    assert spec.instruments["heaters"].limits.max_current == 0.024
+    assert spec.instruments["heaters"].limits.max_current == [0.024]
 
 
 def two_layer_rig(tmp_path, edit):
