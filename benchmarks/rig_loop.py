@@ -39,7 +39,7 @@ def physics_direct(rig: Rig, trainee, batch: int, queries: list[int]) -> float:
     return total
 
 
-def time_steps(spec: RigSpec, cfg, data, steps: int) -> tuple[float, list[int], Rig, object]:
+def time_steps(spec: RigSpec, cfg, data, steps: int) -> tuple[float, list[int], int, Rig, object]:
     with Rig(spec) as rig:
         tr = build_trainee(cfg, rig, "sat")
         bs = cfg.training.batch_size

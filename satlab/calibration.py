@@ -38,11 +38,13 @@ def fit_lorentzian(x: np.ndarray, y: np.ndarray) -> LorentzFit:
 
 
 def sweep_ring(rig: Rig, heaters: str, inputs: str, detector: str, ring: tuple[int, int],
-               currents: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+               currents: np.ndarray, base: np.ndarray | None = None,
+               channel: int | None = None) -> np.ndarray:
     """Weight of ring (row, col) vs its heater current, others held at ``base`` (default 0).
 
     Lights only the ring's WDM channel and reads its output row, so the reading
-    divided by the channel power is that ring's balanced weight.
+    divided by the channel power is that ring's balanced weight. ``channel`` is
+    the ring's heater channel (default: row-major, as without a heater_channels map).
     """
     row, col = ring
     mod = rig.modulator(inputs)
@@ -50,7 +52,7 @@ def sweep_ring(rig: Rig, heaters: str, inputs: str, detector: str, ring: tuple[i
     pattern[0, col] = 1.0
     rig.load_inputs(inputs, pattern)
     applied = np.zeros(rig.source(heaters).channels) if base is None else np.array(base, float)
-    channel = row * mod.channels + col
+    channel = row * mod.channels + col if channel is None else channel
     out = []
     for current in currents:
         applied[channel] = current

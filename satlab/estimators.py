@@ -90,7 +90,8 @@ class FiniteDifference(GradientEstimator):
             base = probe[k]
             probe[k] = base + h
             plus = backend.query(x, probe)
-            probe[k] = base - h
+            if central:
+                probe[k] = base - h
             np.subtract(plus, backend.query(x, probe) if central else y_np,
                         out=changes[k].reshape(plus.shape))
             probe[k] = base

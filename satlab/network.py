@@ -11,20 +11,27 @@ from satlab.mrr_system import MrrLayerBackend
 from satlab.physical_layer import PhysicalLayer
 
 
-def currents_for_weights(backend: MrrLayerBackend, target: torch.Tensor, iters: int = 40) -> torch.Tensor:
-    """Currents whose twin weights match ``target`` (rows, cols), by bisection on each ring.
+def currents_for_weights(backend: MrrLayerBackend, target: torch.Tensor, iters: int = 40,
+                         grid: int = 256) -> torch.Tensor:
+    """Currents whose twin weights match ``target`` (rows, cols), ring by ring.
 
-    Assumes the weight rises with current on the used branch (heating moves
-    the ring off resonance); targets out of reach end at the range's edge.
+    Heating moves a ring through its resonance (lowest weight) and then away
+    from it (weight rising towards +1); the search uses that rising branch: it
+    finds each ring's resonance current on a grid, then bisects above it.
+    Targets out of reach end at the edge of the range.
     """
     eye = torch.eye(backend.in_features, dtype=torch.float64)
-    lo, hi = backend.lower.clone(), backend.upper.clone()
-    target = target.flatten().to(torch.float64)
+    weights = lambda currents: backend.twin(eye, currents).T.flatten()  # noqa: E731  twin(eye) = W^T
     with torch.no_grad():
+        levels = torch.linspace(0, 1, grid, dtype=torch.float64)
+        swept = torch.stack([weights(backend.lower + f * (backend.upper - backend.lower))
+                             for f in levels])
+        lo = backend.lower + levels[swept.argmin(0)] * (backend.upper - backend.lower)
+        hi = backend.upper.clone()
+        target = target.flatten().to(torch.float64)
         for _ in range(iters):
             mid = (lo + hi) / 2
-            w = backend.twin(eye, mid).T.flatten()  # twin(eye) = W^T
-            above = w > target
+            above = weights(mid) > target
             hi = torch.where(above, mid, hi)
             lo = torch.where(above, lo, mid)
     return (lo + hi) / 2

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,12 +154,14 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
     steps = math.ceil(n / t.batch_size)
     started = time.perf_counter()
     wall = lambda: wall0 + time.perf_counter() - started  # noqa: E731
-    with open(metrics_path, "a", newline="") as f:
+    with ExitStack() as stack:
+        f = stack.enter_context(open(metrics_path, "a", newline=""))
         writer = csv.writer(f)
         if new_file:
             writer.writerow(METRIC_FIELDS)
-        bar = tqdm(total=t.epochs * steps, initial=epoch * steps + start_step, disable=not progress,
-                   desc=f"{method} ({tr.estimator.name})", unit="step", dynamic_ncols=True)
+        bar = stack.enter_context(tqdm(
+            total=t.epochs * steps, initial=epoch * steps + start_step, disable=not progress,
+            desc=f"{method} ({tr.estimator.name})", unit="step", dynamic_ncols=True))
         while epoch < t.epochs:
             order = epoch_order(n, t.seed, epoch)
             for step in range(start_step, steps):
@@ -180,7 +183,6 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
                         _snapshot(tr, rig, epoch + at_end, 0 if at_end else step + 1, rows, wall(),
                                   done=at_end and epoch + 1 == t.epochs), ckpt_path)
             epoch, start_step = epoch + 1, 0
-        bar.close()
     summary = {
         "method": method,
         "estimator": tr.estimator.name,

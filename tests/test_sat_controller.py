@@ -105,3 +105,24 @@ def test_projection_keeps_probes_inside_the_power_budget():
             currents = layer.currents.detach()
             assert float(currents.pow(2).sum()) * 500 <= 2e-4
             assert float(currents.min()) >= 1e-5 - 1e-15
+
+
+def test_initial_currents_reach_their_target_weights_on_the_rising_branch():
+    from satlab.network import currents_for_weights
+
+    spec = RigSpec.model_validate(bank_rig(rows=8, cols=16))  # paper preset, x0 ~ N(0, 0.8 mA)
+    with Rig(spec) as rig:
+        backend = MrrLayerBackend(rig, spec.system.layers[0])
+        target = torch.linspace(-0.5, 0.5, 128, dtype=torch.float64).reshape(8, 16)
+        currents = currents_for_weights(backend, target)
+        eye = torch.eye(16, dtype=torch.float64)
+        reached = backend.twin(eye, currents).T.flatten()
+        # the paper map: resonance at I = -x0 where x0 = fabrication offset / (100 nm/A)
+        resonance = (-backend.twin.model.fabrication_nm.flatten() / 100.0).clamp(min=0)
+        lowest = backend.twin(eye, resonance).T.flatten()  # lowest weight reachable with I >= 0
+    target = target.flatten()
+    reachable = target >= lowest
+    assert bool((resonance > 5e-4).any()) and bool((~reachable).any())  # both cases occur
+    assert torch.allclose(reached[reachable], target[reachable], atol=1e-6)
+    assert torch.allclose(reached[~reachable], lowest[~reachable], atol=1e-3)  # nearest possible
+    assert bool((currents >= resonance - 1e-4).all())  # on the rising branch
