@@ -1,9 +1,10 @@
 """Framework overhead of SAT on the simulated MRR rig, measured side by side in one run.
 
 1. Zero-latency instruments: the share of a SAT training step spent inside the
-   physics model. The step is timed; then the physics model (the twin's code,
-   MrrBankModel.optical_output) is called directly as many times, with the same
-   shapes, as the step queried the rig. share = physics time / step time.
+   physics model. The step is timed; then the physics (MrrBench.read: the code the
+   simulated detectors run, on the twin's MrrBankModel) is called directly as many
+   times, with the same shapes, as the step queried the rig.
+   share = physics time / step time.
 2. Simulated settle times (1 ms per current write, 0.5 ms per detector read):
    the loop's wall time vs the sum of those waits.
 
@@ -26,15 +27,15 @@ from satlab.training import build_trainee
 
 
 def physics_direct(rig: Rig, trainee, batch: int, queries: list[int]) -> float:
-    """Seconds for calling each layer's physics model directly, `queries` times."""
+    """Seconds for the benches' physics (MrrBench.read), called directly `queries` times."""
     total = 0.0
     for backend, n in zip(trainee.backends, queries):
         bench = rig.resources[rig.spec.instruments[backend.spec.heaters].resource]
-        x = torch.rand(batch, backend.in_features, dtype=torch.float64)
-        currents = backend.upper / 4
+        bench.inputs = torch.rand(batch, backend.in_features, dtype=torch.float64)
+        bench.currents = backend.upper / 4
         start = time.perf_counter()
         for _ in range(n):
-            bench.model.detect(bench.model.optical_output(x, currents, 0.0), bench.generator)
+            bench.read()
         total += time.perf_counter() - start
     return total
 

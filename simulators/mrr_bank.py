@@ -41,7 +41,9 @@ class MrrBankParams:
     drop_max: float = 1.0  # drop-port transmission on resonance
     max_current_A: float = 0.024
     input_full_scale_W: float = 1e-3  # optical power of an input value of 1
-    detector_noise_W: float = 0.0  # white noise per reading (shot + thermal)
+    detector_noise_W: float = 0.0  # signal-independent noise per reading (thermal, readout)
+    shot_noise_bandwidth_Hz: float = 0.0  # > 0: shot noise of both photodiodes' current
+    responsivity_A_per_W: float = 1.0
     adc_bits: int | None = None  # detector quantisation, None = ideal
     detector_full_scale_W: float | None = None  # ADC range (+/-); default from inputs
 
@@ -80,6 +82,7 @@ PRESETS: dict[str, MrrBankParams] = {
         drop_max=0.92,
         max_current_A=0.012,
         detector_noise_W=1e-6,
+        shot_noise_bandwidth_Hz=1e9,
         adc_bits=12,
     ),
 }
@@ -182,16 +185,28 @@ class MrrBankModel:
             self._offset_key = key
         return self._offset
 
+    def _lorentzian(self, currents: torch.Tensor, drift_K: float) -> torch.Tensor:
+        """Drop-port response L = 1/(1+u^2) of every ring, u = detuning in half-linewidths."""
+        # Few fused ops on purpose: this runs once per rig query.
+        u = torch.add(self._detuning_offset(drift_K, currents.dtype),
+                      self.resonance_shift_nm(currents), alpha=1.0).mul_(2.0 / self.params.fwhm_nm)
+        return torch.addcmul(self._one, u, u).reciprocal()
+
     def weights(self, currents: torch.Tensor, drift_K: float = 0.0) -> torch.Tensor:
         """Signed balanced-detection weights, shape (..., rows, cols)."""
         p = self.params
-        # u: detuning in half-linewidths; the drop-port response is L = 1/(1+u^2).
-        # Few fused ops on purpose: this runs once per rig query.
-        u = torch.add(self._detuning_offset(drift_K, currents.dtype),
-                      self.resonance_shift_nm(currents), alpha=1.0).mul_(2.0 / p.fwhm_nm)
-        lorentz = torch.addcmul(self._one, u, u).reciprocal()
         # T_through - T_drop = (1 - (1 - t_min) L) - d_max L
-        return torch.add(self._one, lorentz, alpha=-(1.0 - p.through_min + p.drop_max))
+        return torch.add(self._one, self._lorentzian(currents, drift_K),
+                         alpha=-(1.0 - p.through_min + p.drop_max))
+
+    def photodiode_power(self, inputs: torch.Tensor, currents: torch.Tensor,
+                         drift_K: float = 0.0) -> torch.Tensor:
+        """Power on both photodiodes of each balanced pair together (W): sets the shot noise."""
+        p = self.params
+        # T_through + T_drop = 1 - (1 - t_min - d_max) L
+        both = torch.add(self._one, self._lorentzian(currents, drift_K),
+                         alpha=-(1.0 - p.through_min - p.drop_max))
+        return (inputs.to(both.dtype) @ both.transpose(-1, -2)) * p.input_full_scale_W
 
     def optical_output(
         self, inputs: torch.Tensor, currents: torch.Tensor, drift_K: float = 0.0
@@ -200,13 +215,19 @@ class MrrBankModel:
         w = self.weights(currents, drift_K)
         return (inputs.to(w.dtype) @ w.transpose(-1, -2)) * self.params.input_full_scale_W
 
-    def detect(self, power_W: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Add detector noise and ADC quantisation to a balanced power reading."""
+    def detect(self, power_W: torch.Tensor, generator: torch.Generator | None,
+               photodiode_W: torch.Tensor | None = None) -> torch.Tensor:
+        """Add detector noise (thermal/readout; shot noise from ``photodiode_W``) and ADC steps."""
         p = self.params
         out = power_W
-        if p.detector_noise_W > 0:
-            noise = torch.randn(out.shape, generator=generator, dtype=out.dtype)
-            out = out + p.detector_noise_W * noise
+        if p.detector_noise_W > 0 or photodiode_W is not None:
+            variance = p.detector_noise_W ** 2
+            if photodiode_W is not None:
+                # i_n^2 = 2 q I df with I = R P; referred back to optical power: divide by R^2
+                variance = variance + 2 * 1.602176634e-19 * photodiode_W.clamp(min=0) \
+                    * p.shot_noise_bandwidth_Hz / p.responsivity_A_per_W
+            std = torch.as_tensor(variance, dtype=out.dtype).sqrt()
+            out = out + torch.randn(out.shape, generator=generator, dtype=out.dtype) * std
         if p.adc_bits:
             full = p.detector_full_scale_W or p.input_full_scale_W * self.cols
             lsb = 2 * full / 2**p.adc_bits
@@ -252,8 +273,11 @@ class MrrBench:
 
     def read(self) -> torch.Tensor:
         """Balanced detector powers (W) for the loaded inputs and applied currents."""
-        power = self.model.optical_output(self.inputs, self.currents, self.drift_K)
-        return self.model.detect(power, self.generator)
+        model = self.model
+        power = model.optical_output(self.inputs, self.currents, self.drift_K)
+        shot = (model.photodiode_power(self.inputs, self.currents, self.drift_K)
+                if model.params.shot_noise_bandwidth_Hz > 0 else None)
+        return model.detect(power, self.generator, shot)
 
     def set_ambient_offset(self, kelvin: float) -> None:
         """Change the chip temperature relative to calibration (thermal drift)."""

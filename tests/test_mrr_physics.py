@@ -112,3 +112,20 @@ def test_detector_averaging_reduces_noise_by_sqrt_n():
     single, four = spread(1), spread(4)
     assert single == pytest.approx(1e-5, rel=0.05)
     assert four == pytest.approx(single / 2, rel=0.08)
+
+
+def test_shot_noise_follows_photodiode_power():
+    q, bandwidth = 1.602176634e-19, 1e9
+
+    def spread(level):
+        data = bank_rig(rows=2, cols=3, preset="tait_bank", limits={"max_current": 0.012},
+                        bench_overrides={"adc_bits": None, "detector_noise_W": 0.0,
+                                         "fabrication_std_nm": 0.0, "crosstalk": []})
+        with Rig(RigSpec.model_validate(data)) as rig:
+            rig.set_currents("heaters", np.full(6, 0.012))  # 36 nm off resonance: T_through ~ 1
+            rig.load_inputs("inputs", np.full((4000, 3), level))
+            return float(rig.read("pd")[:, 0].std())
+    # both photodiodes together receive all 3 channels: P = 3 * level * 1 mW
+    for level in (1.0, 0.25):
+        expected = (2 * q * 3 * level * 1e-3 * bandwidth / 1.0) ** 0.5
+        assert spread(level) == pytest.approx(expected, rel=0.06)

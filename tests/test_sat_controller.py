@@ -110,12 +110,12 @@ def test_projection_keeps_probes_inside_the_power_budget():
 def test_initial_currents_reach_their_target_weights_on_the_rising_branch():
     from satlab.network import currents_for_weights
 
-    spec = RigSpec.model_validate(bank_rig(rows=8, cols=16))  # paper preset, x0 ~ N(0, 0.8 mA)
+    spec = RigSpec.model_validate(bank_rig(rows=16, cols=32, seed=11))  # paper preset: x0 ~ N(0, 0.8 mA)
     with Rig(spec) as rig:
         backend = MrrLayerBackend(rig, spec.system.layers[0])
-        target = torch.linspace(-0.5, 0.5, 128, dtype=torch.float64).reshape(8, 16)
+        target = torch.linspace(-0.5, 0.5, 512, dtype=torch.float64).reshape(16, 32)
         currents = currents_for_weights(backend, target)
-        eye = torch.eye(16, dtype=torch.float64)
+        eye = torch.eye(32, dtype=torch.float64)
         reached = backend.twin(eye, currents).T.flatten()
         # the paper map: resonance at I = -x0 where x0 = fabrication offset / (100 nm/A)
         resonance = (-backend.twin.model.fabrication_nm.flatten() / 100.0).clamp(min=0)
