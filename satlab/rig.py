@@ -124,6 +124,7 @@ class Rig:
         self.writes = 0
         self.settle_times = {n: i.settle_time for n, i in spec.instruments.items()}
         self._ready_at = 0.0  # perf_counter time when every write so far has settled
+        self._quiet_until = 0.0  # no write before this: a detector is still integrating
         self._old_sigterm: Any = None
 
     @classmethod
@@ -256,7 +257,8 @@ class Rig:
     def _apply_ramped(self, name: str, target: np.ndarray) -> None:
         dev: CurrentSource = self.instruments[name]  # type: ignore[assignment]
         for value in self.guards[name].ramp(self.applied[name], target):
-            wait_until(self._ready_at)  # a ramp's steps are spaced by the settle time
+            # a ramp's steps are spaced by the settle time; no write disturbs an integration
+            wait_until(max(self._ready_at, self._quiet_until))
             dev.set_currents(value)
             self.applied[name] = value
             self.writes += 1
@@ -277,19 +279,21 @@ class Rig:
         values = np.asarray(values, dtype=float)
         if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 1:
             raise RigLimitError(f"{name}: input values must be finite and within [0, 1]")
+        wait_until(self._quiet_until)
         self.instruments[name].load(values)  # type: ignore[attr-defined]
         self._settled_after(name)
 
     def read(self, name: str) -> np.ndarray:
         """Read a detector (W), one row per loaded input pattern, once earlier writes have settled.
 
-        The detector's own settle_time is its integration time: the call lasts at
-        least that long (a simulated reading is computed while it integrates).
+        The detector's own settle_time is its integration time, counted from the
+        start of the reading: the next write waits until it has passed, so the
+        framework's own work overlaps with the integration instead of adding to it.
         """
-        wait_until(self._ready_at)
+        wait_until(max(self._ready_at, self._quiet_until))
         start = time.perf_counter()
         reading = self.instruments[name].read()  # type: ignore[attr-defined]
-        wait_until(start + self.settle_times[name])
+        self._quiet_until = start + self.settle_times[name]
         return reading
 
     # -- simulation-only controls --------------------------------------------------
