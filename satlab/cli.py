@@ -76,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.epochs:
             cfg.training.epochs = args.epochs
         if args.data_dir:
-            cfg.data.source, cfg.data.data_dir = "idx", Path(args.data_dir)
+            cfg.data.source, cfg.data.data_dir = "idx", Path(args.data_dir).resolve()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir) if args.run_dir else cfg.runs_dir / f"{cfg.name}-{stamp}"
     spec = load_rig_file(cfg.rig)
