@@ -39,7 +39,7 @@ def _drift_grid(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _data(cfg: RunConfig, config_path: Path):  # noqa: ANN202
+def _data(cfg: RunConfig, config_path: Path):
     from satlab.data import load_dataset
 
     d = cfg.data

@@ -21,7 +21,7 @@ def currents_for_weights(backend: MrrLayerBackend, target: torch.Tensor, iters: 
     Targets out of reach end at the edge of the range.
     """
     eye = torch.eye(backend.in_features, dtype=torch.float64)
-    weights = lambda currents: backend.twin(eye, currents).T.flatten()  # noqa: E731  twin(eye) = W^T
+    weights = lambda currents: backend.twin(eye, currents).T.flatten()  # twin(eye) = W^T
     with torch.no_grad():
         levels = torch.linspace(0, 1, grid, dtype=torch.float64)
         swept = torch.stack([weights(backend.lower + f * (backend.upper - backend.lower))

@@ -13,14 +13,14 @@ class _RigFunction(torch.autograd.Function):
     """Autograd node whose forward is a rig query and whose backward asks the estimator."""
 
     @staticmethod
-    def forward(ctx, x, controls, layer):  # noqa: ANN001
+    def forward(ctx, x, controls, layer):
         y = layer.backend.evaluate(x, controls)
         ctx.layer = layer
         ctx.save_for_backward(x, controls, y)
         return y.to(x.dtype)
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001
+    def backward(ctx, grad_out):
         x, controls, y = ctx.saved_tensors
         layer = ctx.layer
         grad_x, grad_c = layer.estimator.backward(layer.backend, x, controls, y, grad_out)

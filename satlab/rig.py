@@ -128,12 +128,12 @@ class Rig:
         self._old_sigterm: Any = None
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Rig":
+    def from_file(cls, path: str | Path) -> Rig:
         """Validate a rig file fully; nothing is opened until the rig is entered."""
         return cls(load_rig_file(path), path)
 
     # -- lifecycle -------------------------------------------------------------
-    def __enter__(self) -> "Rig":
+    def __enter__(self) -> Rig:
         self._install_sigterm()
         try:
             self._open()

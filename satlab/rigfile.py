@@ -6,8 +6,15 @@ import inspect
 from pathlib import Path
 from typing import Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from satlab import registry
 from satlab.instruments import INTERFACES
@@ -36,7 +43,7 @@ class Limits(Strict):
         return [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
     @model_validator(mode="after")
-    def _power_needs_resistance(self) -> "Limits":
+    def _power_needs_resistance(self) -> Limits:
         if self.max_total_power is not None and self.heater_resistance_ohm is None:
             raise ValueError("max_total_power needs heater_resistance_ohm to compute I^2 R")
         return self
@@ -61,7 +68,7 @@ class InstrumentSpec(Strict):
     settle_time: float = Field(0.0, ge=0, description="s to wait after each write/read")
 
     @model_validator(mode="after")
-    def _limits_only_for_sources(self) -> "InstrumentSpec":
+    def _limits_only_for_sources(self) -> InstrumentSpec:
         if self.kind == "current_source" and self.limits is None:
             raise ValueError("a current_source needs limits (at least max_current)")
         if self.kind != "current_source" and self.limits is not None:
@@ -83,7 +90,7 @@ class LayerSpec(Strict):
     twin: PluginSpec  # the layer's digital model, from the registry like an instrument
 
     @model_validator(mode="after")
-    def _channel_map_size(self) -> "LayerSpec":
+    def _channel_map_size(self) -> LayerSpec:
         n = self.in_features * self.out_features
         if self.heater_channels is not None:
             if len(self.heater_channels) != n:

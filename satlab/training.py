@@ -153,7 +153,7 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
     n = len(data.train_y)
     steps = math.ceil(n / t.batch_size)
     started = time.perf_counter()
-    wall = lambda: wall0 + time.perf_counter() - started  # noqa: E731
+    wall = lambda: wall0 + time.perf_counter() - started
     with ExitStack() as stack:
         f = stack.enter_context(open(metrics_path, "a", newline=""))
         writer = csv.writer(f)

@@ -117,7 +117,7 @@ def _checked_override(key: str, value: object) -> object:
 
 
 def bank_model(rows: int, cols: int, preset: str = "paper_system1", seed: int = 0,
-               **overrides) -> "MrrBankModel":
+               **overrides) -> MrrBankModel:
     """The bank model that rig-file options describe; OptionError names a bad option."""
     for key, value in (("rows", rows), ("cols", cols)):
         if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):

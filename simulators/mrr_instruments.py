@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from satlab.simulators.mrr_bank import MrrBench
 
 from satlab.instruments import CurrentSource, InputModulator, Photodetector
-from satlab.simulators.mrr_bank import MrrBench
 
 
 class SimulatedHeaterSource(CurrentSource):

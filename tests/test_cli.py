@@ -7,7 +7,6 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import SATLAB, TWO_LAYER_RIG, bank_rig, tiny_config, write_yaml
 
 

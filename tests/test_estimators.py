@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
+from conftest import bank_rig
 
 from satlab.estimators import FiniteDifference, PhysicsAware, Spsa, twin_vjp
 from satlab.mrr_system import MrrLayerBackend
 from satlab.rig import Rig
 from satlab.rigfile import RigSpec
-
-from conftest import bank_rig
 
 
 @pytest.fixture
@@ -49,7 +48,7 @@ def test_spsa_mean_approaches_true_gradient(layer):
     y = backend.evaluate(x, controls)
     spsa = Spsa(step=1e-6, directions=1, seed=1)
     draws = torch.stack([spsa.control_grad(backend, x, controls, y, grad_out) for _ in range(3000)])
-    err = lambda n: float((draws[:n].mean(0) - truth).norm() / truth.norm())  # noqa: E731
+    err = lambda n: float((draws[:n].mean(0) - truth).norm() / truth.norm())
     assert err(3000) < 0.15
     assert err(3000) < 0.5 * err(150)  # the error shrinks like 1/sqrt(draws)
     assert cosine(draws.mean(0), truth) > 0.98

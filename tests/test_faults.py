@@ -5,10 +5,9 @@ from __future__ import annotations
 import subprocess
 
 import yaml
+from conftest import SATLAB, TWO_LAYER_RIG, tiny_config, write_yaml
 
 from satlab import checkpoint
-
-from conftest import SATLAB, TWO_LAYER_RIG, tiny_config, write_yaml
 
 
 def satlab(*args):

@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import bank_rig
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from satlab.simulators.mrr_bank import MrrBankModel, preset_params
 
 from satlab.calibration import fit_lorentzian, sweep_ring
 from satlab.rig import Rig
 from satlab.rigfile import RigSpec
-from satlab.simulators.mrr_bank import MrrBankModel, preset_params
-
-from conftest import bank_rig
 
 
 def open_rig(**kwargs) -> Rig:

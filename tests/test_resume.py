@@ -11,10 +11,9 @@ import time
 
 import torch
 import yaml
+from conftest import SATLAB, TWO_LAYER_RIG, tiny_config, write_yaml
 
 from satlab import checkpoint
-
-from conftest import SATLAB, TWO_LAYER_RIG, tiny_config, write_yaml
 
 DETERMINISTIC = ["epoch", "step", "loss", "accuracy", "rig_queries"]
 

@@ -6,13 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from conftest import bank_rig
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from satlab.rig import Rig, RigLimitError
 from satlab.rigfile import RigSpec
-
-from conftest import bank_rig
 
 CH = 6
 LIMITS = {"max_current": [0.01, 0.01, 0.008, 0.01, 0.006, 0.01], "max_total_power": 0.1,
@@ -90,11 +89,10 @@ def test_large_move_is_ramped_in_max_steps():
 
 
 def test_exception_inside_rig_ramps_down_and_switches_off():
-    with pytest.raises(RuntimeError, match="experiment failed"):
-        with make_rig() as rig:
-            source = rig.source("heaters")
-            rig.set_currents("heaters", np.full(CH, 0.005))
-            raise RuntimeError("experiment failed")
+    with pytest.raises(RuntimeError, match="experiment failed"), make_rig() as rig:
+        source = rig.source("heaters")
+        rig.set_currents("heaters", np.full(CH, 0.005))
+        raise RuntimeError("experiment failed")
     assert np.array_equal(source.history[-1], np.zeros(CH)) and not source.output
     assert_history_within_limits(source.history)
     assert len(source.history) >= 1 + 2  # up in two ramp steps, down in two

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import copy
 
-import yaml
-
 import pytest
+import yaml
+from conftest import TWO_LAYER_RIG, bank_rig, write_yaml
 
 from satlab.rig import Rig
 from satlab.rigfile import load_rig_file
 from satlab.validation import ConfigError
-
-from conftest import TWO_LAYER_RIG, bank_rig, write_yaml
 
 
 def broken(path, edit):

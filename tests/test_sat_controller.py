@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from conftest import bank_rig
 from torch import nn
 
 from satlab.estimators import FiniteDifference
@@ -13,8 +14,6 @@ from satlab.physical_layer import PhysicalLayer
 from satlab.rig import Rig
 from satlab.rigfile import RigSpec
 from satlab.sat import SatController
-
-from conftest import bank_rig
 
 A = torch.tensor([[3.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
 B = torch.tensor([1.0, -2.0], dtype=torch.float64)

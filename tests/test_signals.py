@@ -9,7 +9,6 @@ import textwrap
 import time
 
 import pytest
-
 from conftest import bank_rig, write_yaml
 
 CHILD = textwrap.dedent("""

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from satlab.optim import SAM
+
 from .conftest import quad_loss
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from satlab.optim import ASAM, GSAM, SAM, SAMSGD, WSAM, asam_param_groups
+
 from .conftest import quad_loss
 
 A = torch.tensor([1.0, 2.0])
