@@ -48,28 +48,24 @@ def test_sam_closure_returns_unperturbed_loss_and_same_update():
     assert torch.allclose(w.detach(), torch.tensor([2.67, 1.52]))
 
 
-def test_asam_by_hand_eta0_and_eta1():
+# eta=0: w=[1,2], g=a*w=[4,2], T=[1,2], Tg=[4,4], |Tg|=4*sqrt2, T^2 g=[4,8];
+#   rho=sqrt2 -> eps=[1,2]; g'=a*[2,4]=[8,4]; lr .1 -> [.2, 1.6]
+# eta=1: T=[2,3], Tg=[8,6], |Tg|=10, T^2 g=[16,18]; rho=.5 -> eps=[.8,.9];
+#   g'=a*[1.8,2.9]=[7.2,2.9]; lr .1 -> [.28, 1.71]
+@pytest.mark.parametrize("eta,rho,perturbed,updated", [
+    (0.0, math.sqrt(2), [2.0, 4.0], [0.2, 1.6]),
+    (1.0, 0.5, [1.8, 2.9], [0.28, 1.71]),
+])
+def test_asam_by_hand(eta, rho, perturbed, updated):
     a = torch.tensor([4.0, 1.0])
-    # eta=0: w=[1,2], g=[4,2], T=[1,2], Tg=[4,4], |Tg|=4*sqrt2, T^2 g=[4,8];
-    # rho=sqrt2 -> eps=[1,2]; g'=a*[2,4]=[8,4]; lr .1 -> [.2, 1.6]
     w = torch.tensor([1.0, 2.0], requires_grad=True)
-    opt = SAM([w], torch.optim.SGD, rho=math.sqrt(2), adaptive=True, lr=0.1)
+    opt = SAM([w], torch.optim.SGD, rho=rho, adaptive=True, eta=eta, lr=0.1)
     _grad(w, a)
     opt.first_step()
-    assert torch.allclose(w.detach(), torch.tensor([2.0, 4.0]))
+    assert torch.allclose(w.detach(), torch.tensor(perturbed))
     _grad(w, a)
     opt.second_step()
-    assert torch.allclose(w.detach(), torch.tensor([0.2, 1.6]))
-    # eta=1: T=[2,3], Tg=[8,6], |Tg|=10, T^2 g=[16,18]; rho=.5 -> eps=[.8,.9];
-    # g'=a*[1.8,2.9]=[7.2,2.9]; lr .1 -> [.28, 1.71]
-    w = torch.tensor([1.0, 2.0], requires_grad=True)
-    opt = SAM([w], torch.optim.SGD, rho=0.5, adaptive=True, eta=1.0, lr=0.1)
-    _grad(w, a)
-    opt.first_step()
-    assert torch.allclose(w.detach(), torch.tensor([1.8, 2.9]))
-    _grad(w, a)
-    opt.second_step()
-    assert torch.allclose(w.detach(), torch.tensor([0.28, 1.71]))
+    assert torch.allclose(w.detach(), torch.tensor(updated))
 
 
 def test_global_norm_over_groups_with_per_group_rho_and_extra_keys():
