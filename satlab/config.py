@@ -44,7 +44,9 @@ class ModelConfig(Strict):
     conv_channels: list[PositiveInt] = [6, 16]
     physical: list[PositiveInt] = Field([32, 16, 10], min_length=2,
                                         description="features through the physical layers")
-    init_weight_range: float = Field(0.5, gt=0, le=1)
+    init_weight_range: float = Field(0.5, gt=0, le=1, description=(
+        "spread of each physical layer's initial response (a weight bank: weights uniform "
+        "in +-value)"))
 
     @field_validator("physical")
     @classmethod
@@ -73,9 +75,13 @@ class EstimatorConfig(Strict):
     """How physical-layer gradients are estimated."""
 
     name: Literal["finite_difference", "spsa", "physics_aware", "twin_autograd"] = "finite_difference"
-    step: PositiveFloat = Field(2e-5, description="perturbation in A")
+    step: PositiveFloat = Field(2e-5, description="perturbation, in the controls' unit")
     scheme: Literal["central", "forward"] = "central"
-    directions: PositiveInt = 8
+    directions: PositiveInt = Field(8, description="SPSA directions per layer and step")
+    distribution: Literal["rademacher", "hadamard"] = Field(
+        "rademacher", description="SPSA: independent random signs, or orthogonal Hadamard rows")
+    blockwise: bool = Field(False, description="SPSA: read each control's slope from the one "
+                                               "output it changes, where the system declares it")
 
 
 class TrainingConfig(Strict):

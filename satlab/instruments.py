@@ -35,6 +35,8 @@ class CurrentSource(Instrument):
     kind = "current_source"
     channels: int
     max_current: float  # the driver's own range, per channel
+    # A simulator can hold a stack of settings at once; a real source applies one at a time.
+    holds_stacks: ClassVar[bool] = False
 
     @abstractmethod
     def set_currents(self, currents: np.ndarray) -> None:
@@ -47,6 +49,15 @@ class CurrentSource(Instrument):
     @abstractmethod
     def set_output(self, enabled: bool) -> None:
         """Switch all outputs on or off."""
+
+    def set_current_stack(self, stack: np.ndarray) -> None:
+        """Hold every row of ``stack`` (P, channels) at once, if ``holds_stacks``.
+
+        The next reading of a detector on the same bench gives one result per
+        row, as if the rows had been applied and read in turn; the last row then
+        stays applied.
+        """
+        raise NotImplementedError(f"{type(self).__name__} applies one setting at a time")
 
     def safe_state(self) -> None:
         """Zero every channel and switch the outputs off (the rig ramps first)."""

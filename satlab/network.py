@@ -7,34 +7,8 @@ from torch import nn
 
 from satlab.config import ModelConfig, feature_map_size
 from satlab.estimators import GradientEstimator
-from satlab.mrr_system import MrrLayerBackend
 from satlab.physical_layer import PhysicalLayer
-
-
-def currents_for_weights(backend: MrrLayerBackend, target: torch.Tensor, iters: int = 40,
-                         grid: int = 256) -> torch.Tensor:
-    """Currents whose twin weights match ``target`` (rows, cols), ring by ring.
-
-    Heating moves a ring through its resonance (lowest weight) and then away
-    from it (weight rising towards +1); the search uses that rising branch: it
-    finds each ring's resonance current on a grid, then bisects above it.
-    Targets out of reach end at the edge of the range.
-    """
-    eye = torch.eye(backend.in_features, dtype=torch.float64)
-    weights = lambda currents: backend.twin(eye, currents).T.flatten()  # twin(eye) = W^T
-    with torch.no_grad():
-        levels = torch.linspace(0, 1, grid, dtype=torch.float64)
-        swept = torch.stack([weights(backend.lower + f * (backend.upper - backend.lower))
-                             for f in levels])
-        lo = backend.lower + levels[swept.argmin(0)] * (backend.upper - backend.lower)
-        hi = backend.upper.clone()
-        target = target.flatten().to(torch.float64)
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            above = weights(mid) > target
-            hi = torch.where(above, mid, hi)
-            lo = torch.where(above, lo, mid)
-    return (lo + hi) / 2
+from satlab.systems.protocol import LayerBackend
 
 
 def _bounded(features: int) -> list[nn.Module]:
@@ -43,9 +17,9 @@ def _bounded(features: int) -> list[nn.Module]:
 
 
 class HybridNet(nn.Module):
-    """MNIST -> digital conv front end -> physical MRR layers -> logits."""
+    """MNIST -> digital conv front end -> physical layers -> logits."""
 
-    def __init__(self, cfg: ModelConfig, backends: list[MrrLayerBackend],
+    def __init__(self, cfg: ModelConfig, backends: list[LayerBackend],
                  estimator: GradientEstimator, generator: torch.Generator) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -61,11 +35,8 @@ class HybridNet(nn.Module):
         self.physical = nn.ModuleList()
         self.between = nn.ModuleList()
         for i, backend in enumerate(backends):
-            a = cfg.init_weight_range
-            target = (torch.rand(backend.out_features, backend.in_features, generator=generator,
-                                 dtype=torch.float64) * 2 - 1) * a
-            self.physical.append(PhysicalLayer(backend, estimator,
-                                               currents_for_weights(backend, target)))
+            start = backend.initial_controls(generator, cfg.init_weight_range)
+            self.physical.append(PhysicalLayer(backend, estimator, start))
             last = i == len(backends) - 1
             self.between.append(nn.Identity() if last else nn.Sequential(*_bounded(backend.out_features)))
 
@@ -77,8 +48,8 @@ class HybridNet(nn.Module):
         return h
 
     def control_parameters(self) -> list[nn.Parameter]:
-        """The heater currents of every physical layer."""
-        return [layer.currents for layer in self.physical]
+        """The controls of every physical layer."""
+        return [layer.controls for layer in self.physical]
 
     def digital_parameters(self) -> list[nn.Parameter]:
         """Everything trained by autograd alone."""

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from satlab.estimators import GradientEstimator
-from satlab.mrr_system import MrrLayerBackend
+from satlab.systems.protocol import LayerBackend
 
 
 class _RigFunction(torch.autograd.Function):
@@ -28,25 +28,26 @@ class _RigFunction(torch.autograd.Function):
 
 
 class PhysicalLayer(nn.Module):
-    """Trainable control parameters (heater currents, A) of one physical layer."""
+    """Trainable control parameters (heater currents, phases, ...) of one physical layer."""
 
-    def __init__(self, backend: MrrLayerBackend, estimator: GradientEstimator,
-                 currents: torch.Tensor) -> None:
+    def __init__(self, backend: LayerBackend, estimator: GradientEstimator,
+                 controls: torch.Tensor) -> None:
         super().__init__()
         self.backend, self.estimator = backend, estimator
-        self.currents = nn.Parameter(currents.to(torch.float64).clone())
+        self.controls = nn.Parameter(controls.to(torch.float64).clone())
         self.project()  # start applicable, whatever the initial values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training uses the estimator's forward; evaluation always runs on the rig."""
         if self.training and not self.estimator.forward_on_rig:
-            return self.backend.twin(x, self.currents).to(x.dtype)
-        return _RigFunction.apply(x, self.currents, self)
+            return self.backend.twin(x, self.controls).to(x.dtype)
+        return _RigFunction.apply(x, self.controls, self)
 
     def project(self, margin: float | None = None) -> None:
-        """Keep the currents applicable (and, by default, the estimator's margin inside)."""
-        self.backend.project(self.currents, self.estimator.margin if margin is None else margin)
+        """Keep the controls applicable (and, by default, the estimator's margin inside)."""
+        self.backend.project(self.controls, self.estimator.margin if margin is None else margin)
 
     def extra_repr(self) -> str:
-        return (f"{self.backend.in_features} -> {self.backend.out_features}, "
-                f"{self.backend.spec.name}, estimator={self.estimator.name}")
+        c = self.backend.controls
+        return (f"{self.backend.in_features} -> {self.backend.out_features}, {self.backend.name}, "
+                f"{c.size} x {c.quantity} ({c.unit}), estimator={self.estimator.name}")

@@ -16,6 +16,7 @@ import numpy as np
 from satlab import registry
 from satlab.instruments import CurrentSource, InputModulator, Instrument, Photodetector
 from satlab.rigfile import InstrumentSpec, Limits, RigSpec, load_rig_file
+from satlab.systems import system_for
 from satlab.validation import ConfigError
 
 log = logging.getLogger(__name__)
@@ -75,28 +76,50 @@ class CurrentGuard:
 
     def check(self, requested: np.ndarray) -> np.ndarray:
         """Return the currents to apply, or raise RigLimitError saying what is wrong."""
-        req = np.array(requested, dtype=float)  # a copy: callers may reuse their buffer
+        req = np.asarray(requested, dtype=float)
         if req.shape != (self.channels,):
             raise RigLimitError(f"{self.name}: expected {self.channels} currents, got shape {req.shape}")
-        sum_sq = float(np.dot(req, req))  # NaN or inf anywhere makes this non-finite: one pass
-        if not math.isfinite(sum_sq):
-            bad = np.flatnonzero(~np.isfinite(req))[:5].tolist()
-            raise RigLimitError(f"{self.name}: non-finite current requested on channels {bad}")
+        return self.check_many(req[None])[0]
+
+    def check_many(self, requested: np.ndarray) -> np.ndarray:
+        """``check`` for every row of a stack (P, channels) at once: all rows pass or none."""
+        req = np.array(requested, dtype=float)  # a copy: callers may reuse their buffer
+        if req.ndim != 2 or req.shape[1] != self.channels:
+            raise RigLimitError(f"{self.name}: expected rows of {self.channels} currents, "
+                                f"got shape {req.shape}")
+        which = (lambda row: f"probe {row}: ") if len(req) > 1 else (lambda row: "")
+        sum_sq = np.einsum("ij,ij->i", req, req)  # NaN or inf anywhere makes its row non-finite
+        if not np.isfinite(sum_sq).all():
+            row = int(np.flatnonzero(~np.isfinite(sum_sq))[0])
+            bad = np.flatnonzero(~np.isfinite(req[row]))[:5].tolist()
+            raise RigLimitError(f"{self.name}: {which(row)}non-finite current requested on channels {bad}")
         if req.min() < 0 or (req.max() > self._uniform_max if self._uniform_max is not None
                              else (self.max_current - req).min() < 0):
             if not self.limits.clip:
-                ch = int(np.flatnonzero((req < 0) | (req > self.max_current))[0])
+                row, ch = (int(i[0]) for i in np.nonzero((req < 0) | (req > self.max_current)))
                 raise RigLimitError(
-                    f"{self.name}: channel {ch} requested {req[ch]:.6g} A, allowed "
+                    f"{self.name}: {which(row)}channel {ch} requested {req[row, ch]:.6g} A, allowed "
                     f"[0, {self.max_current[ch]:.6g}] A (set limits.clip to clip instead)")
             req = np.clip(req, 0.0, self.max_current)
-            sum_sq = float(np.dot(req, req))
+            sum_sq = np.einsum("ij,ij->i", req, req)
         if self.limits.max_total_power is not None:
             power = sum_sq * self.limits.heater_resistance_ohm
-            if power > self.limits.max_total_power:
-                raise RigLimitError(f"{self.name}: total heater power {power:.4g} W exceeds "
-                                    f"max_total_power {self.limits.max_total_power:.4g} W")
+            if power.max() > self.limits.max_total_power:
+                row = int(power.argmax())
+                raise RigLimitError(f"{self.name}: {which(row)}total heater power {power[row]:.4g} W "
+                                    f"exceeds max_total_power {self.limits.max_total_power:.4g} W")
         return req
+
+    def moves_within_step(self, start: np.ndarray, rows: np.ndarray) -> bool:
+        """Whether applying ``rows`` in turn, from ``start``, needs no ramp steps."""
+        step = self.limits.max_step
+        if step is None:
+            return True
+        if np.abs(rows[0] - start).max() > step:
+            return False
+        # every channel's spread over the stack bounds its moves between rows: cheap, usually enough
+        return bool(np.ptp(rows, axis=0).max() <= step
+                    or np.abs(np.diff(rows, axis=0)).max() <= step)
 
     def ramp(self, start: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
         """Intermediate writes so no channel moves more than max_step at once."""
@@ -158,7 +181,8 @@ class Rig:
             if isinstance(dev, CurrentSource):
                 self.guards[name] = CurrentGuard(name, inst.limits, dev.channels, dev.max_current,
                                                  self.path)
-        self._check_channel_maps()
+        if self.spec.system is not None:
+            system_for(self.spec, self.path).check_open(self)
         for name, dev in self.instruments.items():
             if isinstance(dev, CurrentSource):
                 # Enabling an output applies its setpoint: bring the setpoint to zero
@@ -167,18 +191,6 @@ class Rig:
                 self._apply_ramped(name, np.zeros(dev.channels))
                 dev.set_output(True)
                 self._log(name, "set_output", True)
-
-    def _check_channel_maps(self) -> None:
-        """Every layer's heater channels exist on its source (known only once it is open)."""
-        if self.spec.system is None:
-            return
-        for i, layer in enumerate(self.spec.system.layers):
-            channels = self.source(layer.heaters).channels
-            mapped = layer.heater_channels or range(layer.in_features * layer.out_features)
-            if max(mapped) >= channels:
-                raise ConfigError(self.path, f"system.layers.{i}.heater_channels",
-                                  f"channel {max(mapped)} does not exist on {layer.heaters} "
-                                  f"({channels} channels)")
 
     def _build(self, name: str, inst: InstrumentSpec) -> Instrument:
         cls = registry.lookup(inst.driver)
@@ -296,15 +308,68 @@ class Rig:
         self._quiet_until = start + self.settle_times[name]
         return reading
 
+    def measure_many(self, source: str, settings: np.ndarray, detector: str,
+                     channels: np.ndarray | None = None,
+                     inputs: tuple[str, np.ndarray] | None = None) -> np.ndarray:
+        """Write each row of ``settings`` (A) to a source and read a detector after each.
+
+        Returns readings (P, batch, channels). Every row passes the guard before
+        any is written: a stack with one illegal row is refused whole. ``channels``
+        places the rows on those source channels (the others keep their values);
+        ``inputs`` = (modulator, values) loads a new input batch first. A source
+        that can hold a stack of settings (a simulator, without settle times) is
+        given all rows at once and the detector reads them in one call; otherwise
+        rows are applied one at a time, ramped and settled, in order.
+        """
+        settings = np.asarray(settings, dtype=float)
+        if channels is None:
+            full = settings
+        else:
+            full = np.repeat(self.applied[source][None], len(settings), axis=0)
+            full[:, channels] = settings
+        guard = self.guards[source]
+        checked = guard.check_many(full)
+        if inputs is not None:
+            self.load_inputs(*inputs)
+        dev = self.instruments[source]
+        if (len(checked) > 1 and getattr(dev, "holds_stacks", False)
+                and not (self.settle_times[source] or self.settle_times[detector])
+                and guard.moves_within_step(self.applied[source], checked)):
+            return self._measure_stacked(source, checked, detector)
+        readings = []
+        for row in checked:
+            self._apply_ramped(source, row)
+            readings.append(self.read(detector))
+        return np.stack(readings)
+
+    def _measure_stacked(self, source: str, checked: np.ndarray, detector: str) -> np.ndarray:
+        dev: CurrentSource = self.instruments[source]  # type: ignore[assignment]
+        dev.set_current_stack(checked)
+        self.applied[source] = checked[-1]
+        self.writes += len(checked)
+        for row in checked:
+            self._log(source, "set_currents", row)
+        reading = self.read(detector)
+        if reading.shape[:1] != checked.shape[:1] or reading.ndim != 3:
+            raise RigError(f"{detector} did not read the {len(checked)} settings held by {source} "
+                           "(a stacked source needs a detector on the same simulated bench)")
+        return reading
+
     # -- simulation-only controls --------------------------------------------------
-    def set_ambient_offset(self, kelvin: float) -> None:
-        """Shift the ambient temperature of every simulated bench (for drift studies)."""
-        benches = [r for r in self.resources.values() if hasattr(r, "set_ambient_offset")]
+    def set_imperfection(self, name: str, value: float, draw: int = 0) -> None:
+        """Set a named imperfection on every simulated bench (``draw``: which random realisation)."""
+        benches = [r for r in self.resources.values() if hasattr(r, "set_imperfection")]
         if not benches:
-            raise RigError(f"{self.path}: this rig has no simulated bench whose ambient "
-                               "temperature satlab can set; drift studies need a simulated rig")
+            raise RigError(f"{self.path}: this rig has no simulated bench whose imperfections "
+                           "satlab can set; imperfection studies need a simulated rig")
         for bench in benches:
-            bench.set_ambient_offset(kelvin)
+            bench.set_imperfection(name, value, draw)
+
+    def reset_imperfections(self) -> None:
+        """Every simulated bench back to its rig-file state."""
+        for bench in self.resources.values():
+            if hasattr(bench, "reset_imperfections"):
+                bench.reset_imperfections()
 
     def state_dict(self) -> dict:
         """Internal state of simulated resources (e.g. noise RNG), for exact resume."""

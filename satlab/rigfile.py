@@ -11,7 +11,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveFloat,
-    PositiveInt,
+    SerializeAsAny,
     field_validator,
     model_validator,
 )
@@ -76,36 +76,20 @@ class InstrumentSpec(Strict):
         return self
 
 
-class LayerSpec(Strict):
-    """One physical layer and the instruments that perform it."""
+class SystemSpec(BaseModel):
+    """How instruments compose into a physical system; each system type has its own fields."""
 
-    name: str
-    in_features: PositiveInt
-    out_features: PositiveInt
-    heaters: str
-    inputs: str
-    detector: str
-    heater_channels: list[int] | None = Field(
-        None, description="current channel of ring (i, j) in row-major order; default 0..N-1")
-    twin: PluginSpec  # the layer's digital model, from the registry like an instrument
-
-    @model_validator(mode="after")
-    def _channel_map_size(self) -> LayerSpec:
-        n = self.in_features * self.out_features
-        if self.heater_channels is not None:
-            if len(self.heater_channels) != n:
-                raise ValueError(f"heater_channels must list {n} channels (rows*cols), "
-                                 f"got {len(self.heater_channels)}")
-            if len(set(self.heater_channels)) != n or min(self.heater_channels) < 0:
-                raise ValueError("heater_channels must be distinct channel numbers >= 0")
-        return self
+    model_config = ConfigDict(extra="allow")  # the system type's own model checks the rest
+    type: str
 
 
-class SystemSpec(Strict):
-    """How instruments compose into a physical system."""
-
-    type: Literal["mrr_weight_bank"]
-    layers: list[LayerSpec] = Field(min_length=1)
+def _system_class(type_name: str) -> type:
+    if not isinstance(type_name, str):
+        raise ValueError(f"system.type must be a system type name, got {type_name!r}")
+    try:
+        return registry.lookup(type_name, registry.SYSTEMS)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
 
 
 class RigSpec(Strict):
@@ -114,16 +98,24 @@ class RigSpec(Strict):
     name: str
     resources: dict[str, PluginSpec] = {}
     instruments: dict[str, InstrumentSpec] = Field(min_length=1)
-    system: SystemSpec | None = None
+    system: SerializeAsAny[SystemSpec] | None = None
+
+    @field_validator("system", mode="before")
+    @classmethod
+    def _system_type(cls, v: object) -> object:
+        """Validate the system section with its type's own model (errors keep their field path)."""
+        if not isinstance(v, dict) or "type" not in v:
+            return v  # pydantic reports the missing type / wrong shape
+        return _system_class(v["type"]).Spec.model_validate(v)
 
 
-def _plugin(path: Path, field: str, name: str, placeholders: dict, options: dict,
-            expect: tuple[type, str] | None = None) -> type:
+def check_plugin(path: Path, field: str, name: str, placeholders: dict, options: dict,
+                 expect: tuple[type, str] | None = None) -> type:
     """Look up a registry name, check its type and its options, as far as possible unopened."""
-    known = registry.available()
-    if name not in known:
-        raise ConfigError(path, f"{field}.driver", f"unknown driver {name!r}; known: {', '.join(known)}")
-    cls = registry.lookup(name)
+    try:
+        cls = registry.lookup(name)
+    except KeyError as exc:
+        raise ConfigError(path, f"{field}.driver", exc.args[0]) from None
     if expect is not None and not (isinstance(cls, type) and issubclass(cls, expect[0])):
         actual = getattr(cls, "kind", getattr(cls, "__name__", "?"))
         raise ConfigError(path, f"{field}.driver", f"{name!r} is not a {expect[1]} (it is a {actual})")
@@ -143,40 +135,15 @@ def _plugin(path: Path, field: str, name: str, placeholders: dict, options: dict
 def _check_references(path: Path, spec: RigSpec) -> None:
     """Cross-references, registry names and options: everything checkable without hardware."""
     for name, res in spec.resources.items():
-        _plugin(path, f"resources.{name}", res.driver, {}, res.options)
+        check_plugin(path, f"resources.{name}", res.driver, {}, res.options)
     for name, inst in spec.instruments.items():
         where = f"instruments.{name}"
         if inst.resource is not None and inst.resource not in spec.resources:
             raise ConfigError(path, f"{where}.resource", f"no resource named {inst.resource!r} in resources")
         placeholders = {k: None for k in ("resource", "address") if getattr(inst, k) is not None}
-        _plugin(path, where, inst.driver, placeholders, inst.options, (INTERFACES[inst.kind], inst.kind))
-    if spec.system is None:
-        return
-    import torch  # only here: the rest of this module must stay light for `satlab --help`
-
-    used: dict[str, set[int]] = {}
-    optics: dict[str, str] = {}
-    for i, layer in enumerate(spec.system.layers):
-        where = f"system.layers.{i}"
-        for role, kind in (("heaters", "current_source"), ("inputs", "input_modulator"),
-                           ("detector", "photodetector")):
-            target = getattr(layer, role)
-            if target not in spec.instruments:
-                raise ConfigError(path, f"{where}.{role}", f"no instrument named {target!r}")
-            if spec.instruments[target].kind != kind:
-                raise ConfigError(path, f"{where}.{role}", f"{target!r} must be a {kind}")
-            if role != "heaters":
-                if target in optics:  # each layer loads and reads its own optics
-                    raise ConfigError(path, f"{where}.{role}", f"{target!r} is already used by "
-                                      f"layer {optics[target]}; each layer needs its own {kind}")
-                optics[target] = layer.name
-        channels = set(layer.heater_channels or range(layer.in_features * layer.out_features))
-        if channels & used.setdefault(layer.heaters, set()):
-            raise ConfigError(path, f"{where}.heater_channels", f"channels overlap another layer's "
-                              f"on {layer.heaters!r}; give each layer its own heater_channels")
-        used[layer.heaters] |= channels
-        _plugin(path, f"{where}.twin", layer.twin.driver, {}, layer.twin.options,
-                (torch.nn.Module, "digital twin (torch module)"))
+        check_plugin(path, where, inst.driver, placeholders, inst.options, (INTERFACES[inst.kind], inst.kind))
+    if spec.system is not None:
+        _system_class(spec.system.type)(spec, path).check()
 
 
 def load_rig_file(path: str | Path) -> RigSpec:

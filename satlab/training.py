@@ -19,13 +19,13 @@ from satlab import checkpoint
 from satlab.config import RunConfig, parse_range
 from satlab.data import Dataset, epoch_order
 from satlab.estimators import ESTIMATORS, GradientEstimator
-from satlab.evaluation import drift_sweep
-from satlab.mrr_system import MrrLayerBackend
+from satlab.evaluation import imperfection_sweep
 from satlab.network import HybridNet
 from satlab.optim import SAM
 from satlab.rig import Rig
 from satlab.rigfile import RigSpec
 from satlab.sat import SatController
+from satlab.systems import LayerBackend, system_for
 from satlab.validation import ConfigError
 
 METRIC_FIELDS = ["epoch", "step", "loss", "accuracy", "rig_queries", "rig_seconds", "wall_seconds"]
@@ -38,7 +38,8 @@ def make_estimator(cfg: RunConfig) -> GradientEstimator:
         return ESTIMATORS[e.name](step=e.step, scheme=e.scheme)
     if e.name == "spsa":
         return ESTIMATORS[e.name](step=e.step, directions=e.directions, scheme=e.scheme,
-                                  seed=cfg.training.seed)
+                                  seed=cfg.training.seed, distribution=e.distribution,
+                                  blockwise=e.blockwise)
     return ESTIMATORS[e.name]()
 
 
@@ -46,15 +47,15 @@ def check_model_matches_rig(cfg: RunConfig, spec: RigSpec, config_path: Path | s
     """The config's physical layer sizes must be the rig's; checked before the rig opens."""
     if spec.system is None:
         raise ConfigError(cfg.rig, "system", "training needs a system section with physical layers")
-    layers, sizes = spec.system.layers, cfg.model.physical
+    layers, sizes = system_for(spec, cfg.rig).layer_shapes(), cfg.model.physical
     if len(layers) != len(sizes) - 1:
         raise ConfigError(config_path, "model.physical",
                           f"{len(sizes) - 1} physical layers described, but rig {cfg.rig} has {len(layers)}")
-    for i, layer in enumerate(layers):
-        if (layer.in_features, layer.out_features) != (sizes[i], sizes[i + 1]):
+    for i, (name, n_in, n_out) in enumerate(layers):
+        if (n_in, n_out) != (sizes[i], sizes[i + 1]):
             raise ConfigError(config_path, "model.physical",
-                              f"layer {i} is {sizes[i]}->{sizes[i + 1]} but rig layer {layer.name} "
-                              f"is {layer.in_features}->{layer.out_features}")
+                              f"layer {i} is {sizes[i]}->{sizes[i + 1]} but rig layer {name} "
+                              f"is {n_in}->{n_out}")
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Trainee:
     model: HybridNet
     controller: SatController
     estimator: GradientEstimator
-    backends: list[MrrLayerBackend]
+    backends: list[LayerBackend]
 
     @property
     def rig_queries(self) -> int:
@@ -80,7 +81,7 @@ def build_trainee(cfg: RunConfig, rig: Rig, method: str) -> Trainee:
     t = cfg.training
     torch.manual_seed(t.seed)
     estimator = make_estimator(cfg)
-    backends = [MrrLayerBackend(rig, layer) for layer in rig.spec.system.layers]
+    backends = system_for(rig.spec, rig.path).build_layers(rig)
     model = HybridNet(cfg.model, backends, estimator, torch.Generator().manual_seed(t.seed))
     groups = [
         {"params": model.control_parameters(), "lr": t.lr_controls, "rho": t.rho,
@@ -192,29 +193,34 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
         "rig_queries": tr.rig_queries,
         "rig_seconds": round(tr.rig_seconds, 3),
         "wall_seconds": round(wall(), 3),
-        "currents_A": _current_stats(tr),
+        "controls": control_stats(tr),
     }
     summary.update(evaluate_trainee(cfg, tr, rig, data, parse_range(cfg.evaluation.drift), progress))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _current_stats(tr: Trainee) -> dict:
-    """Range of the trained heater currents: they must all be applicable (never negative)."""
-    currents = torch.cat([c.detach().flatten() for c in tr.model.control_parameters()])
-    return {"min": float(currents.min()), "max": float(currents.max()),
-            "mean": float(currents.mean()), "count": currents.numel()}
+def control_stats(tr: Trainee) -> list[dict]:
+    """Range of each layer's trained controls: they must all be applicable."""
+    stats = []
+    for layer in tr.model.physical:
+        c, space = layer.controls.detach(), layer.backend.controls
+        stats.append({"layer": layer.backend.name, "quantity": space.quantity, "unit": space.unit,
+                      "min": float(c.min()), "max": float(c.max()), "mean": float(c.mean()),
+                      "count": c.numel()})
+    return stats
 
 
 def evaluate_trainee(cfg: RunConfig, tr: Trainee, rig: Rig, data: Dataset, drifts: list[float],
                      progress: bool = True) -> dict:
-    """Test accuracy at the calibration temperature and over a drift sweep, on the rig."""
-    sweep = drift_sweep(tr.model, rig, data.test_x, data.test_y, drifts,
-                        cfg.evaluation.batch_size, progress)
+    """Test accuracy at the calibration state and over a drift sweep, on the rig."""
+    sweep = [{"drift_K": p["drift_K"], "accuracy": p["accuracy"]} for p in imperfection_sweep(
+        tr.model, rig, data.test_x, data.test_y, [("drift_K", drifts)],
+        batch_size=cfg.evaluation.batch_size, progress=progress)]
     nominal = next((p["accuracy"] for p in sweep if p["drift_K"] == 0.0), None)
     if nominal is None:
-        nominal = drift_sweep(tr.model, rig, data.test_x, data.test_y, [0.0],
-                              cfg.evaluation.batch_size, False)[0]["accuracy"]
+        nominal = imperfection_sweep(tr.model, rig, data.test_x, data.test_y, [("drift_K", [0.0])],
+                                     batch_size=cfg.evaluation.batch_size, progress=False)[0]["accuracy"]
     return {"test_accuracy": nominal, "test_images": len(data.test_y), "drift_sweep": sweep}
 
 

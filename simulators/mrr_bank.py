@@ -153,6 +153,11 @@ class MrrBankModel:
         self._one = torch.ones((), dtype=torch.float64)
         self._offset_key: tuple | None = None
 
+    def set_fabrication_nm(self, offsets: torch.Tensor) -> None:
+        """Replace every ring's fabrication offset (nm), e.g. to model another chip."""
+        self.fabrication_nm = offsets
+        self._offset_key = None
+
     @property
     def channels(self) -> int:
         """Number of heaters (one per ring)."""
@@ -253,11 +258,20 @@ class MrrBankTwin(torch.nn.Module):
 
 
 class MrrBench:
-    """Shared state of one simulated bank: what the simulated instruments act on."""
+    """Shared state of one simulated bank: what the simulated instruments act on.
+
+    ``currents`` is one vector, or a stack (P, channels) that a simulated source
+    holds for one reading: that reading evaluates every row in one vectorised
+    call, draws noise row by row in the order a one-at-a-time loop would, and
+    leaves the last row applied.
+    """
 
     def __init__(self, rows: int, cols: int, preset: str = "paper_system1",
                  seed: int = 0, noise_seed: int | None = None, **overrides) -> None:
         self.model = bank_model(rows, cols, preset, seed, **overrides)
+        self.seed = seed
+        self.nominal_params = self.model.params
+        self.nominal_fabrication_nm = self.model.fabrication_nm
         self.currents = torch.zeros(self.model.channels, dtype=torch.float64)
         self.inputs = torch.zeros(1, cols, dtype=torch.float64)
         self.drift_K = 0.0
@@ -271,17 +285,50 @@ class MrrBench:
             raise OptionError("noise_seed", f"expected an integer, got {noise_seed!r}")
         bank_model(**options)
 
-    def read(self) -> torch.Tensor:
-        """Balanced detector powers (W) for the loaded inputs and applied currents."""
-        model = self.model
-        power = model.optical_output(self.inputs, self.currents, self.drift_K)
-        shot = (model.photodiode_power(self.inputs, self.currents, self.drift_K)
-                if model.params.shot_noise_bandwidth_Hz > 0 else None)
-        return model.detect(power, self.generator, shot)
+    def read(self, averages: int = 1) -> torch.Tensor:
+        """Balanced detector powers (W), each the mean of ``averages`` noisy readings.
 
-    def set_ambient_offset(self, kelvin: float) -> None:
-        """Change the chip temperature relative to calibration (thermal drift)."""
-        self.drift_K = float(kelvin)
+        (batch, rows) for one current vector; (P, batch, rows) for a held stack.
+        """
+        model, currents = self.model, self.currents
+        power = model.optical_output(self.inputs, currents, self.drift_K)
+        shot = (model.photodiode_power(self.inputs, currents, self.drift_K)
+                if model.params.shot_noise_bandwidth_Hz > 0 else None)
+        if currents.ndim == 1:
+            return self._averaged(power, shot, averages)
+        self.currents = currents[-1]
+        if shot is None and model.params.detector_noise_W == 0:
+            return self._averaged(power, None, averages)  # no random draws: all rows at once
+        return torch.stack([self._averaged(power[p], None if shot is None else shot[p], averages)
+                            for p in range(len(power))])
+
+    def _averaged(self, power: torch.Tensor, shot: torch.Tensor | None, averages: int) -> torch.Tensor:
+        total = self.model.detect(power, self.generator, shot)
+        for _ in range(averages - 1):
+            total = total + self.model.detect(power, self.generator, shot)
+        return total / averages if averages > 1 else total
+
+    def set_imperfection(self, name: str, value: float, draw: int = 0) -> None:
+        """Deviate from the rig file's bank (names: the MRR system's imperfections)."""
+        if name == "drift_K":
+            self.drift_K = float(value)
+        elif name == "fabrication_std_nm":
+            gen = torch.Generator().manual_seed(self.seed * 7919 + 104729 * (draw + 1))
+            extra = torch.randn(self.model.rows, self.model.cols, generator=gen, dtype=torch.float64)
+            self.model.set_fabrication_nm(self.nominal_fabrication_nm + extra * value)
+        elif name == "crosstalk_scale":
+            self.model.params = replace(self.model.params, crosstalk=tuple(
+                c * value for c in self.nominal_params.crosstalk))
+        elif name == "detector_noise_W":
+            self.model.params = replace(self.model.params, detector_noise_W=float(value))
+        else:
+            raise KeyError(f"simulated MRR bench has no imperfection {name!r}")
+
+    def reset_imperfections(self) -> None:
+        """Back to the rig file's bank: calibration temperature, nominal chip and detectors."""
+        self.drift_K = 0.0
+        self.model.params = self.nominal_params
+        self.model.set_fabrication_nm(self.nominal_fabrication_nm)
 
     def state_dict(self) -> dict:
         """Noise RNG state, so a resumed simulated run draws the same noise."""

@@ -17,6 +17,8 @@ from satlab.instruments import CurrentSource, InputModulator, Photodetector
 class SimulatedHeaterSource(CurrentSource):
     """Heater driver of a simulated bank: one channel per ring."""
 
+    holds_stacks = True
+
     def __init__(self, resource: MrrBench, record: bool = False, trace_file: str | None = None,
                  fail_after_writes: int | None = None) -> None:
         self.bench = resource
@@ -39,27 +41,38 @@ class SimulatedHeaterSource(CurrentSource):
 
     def set_currents(self, currents: np.ndarray) -> None:
         """Apply currents; an output that is off drives nothing."""
-        currents = np.asarray(currents, dtype=float)
-        if currents.min() < 0 or currents.max() > self.max_current:
-            raise ValueError("simulated source asked beyond its range")  # the rig should prevent
-        self.writes += 1
-        if self.fail_after_writes is not None and self.writes > self.fail_after_writes:
-            self.fail_after_writes = None  # the fault clears: the safe-state writes go through
-            raise OSError(f"simulated heater source: no reply to write #{self.writes}")
-        self._requested = currents
+        self.set_current_stack(np.asarray(currents, dtype=float)[None])
         self._drive()
+
+    def set_current_stack(self, stack: np.ndarray) -> None:
+        """Hold every row at once: the bench's next reading evaluates them all (one write each)."""
+        stack = np.asarray(stack, dtype=float)
+        if stack.min() < 0 or stack.max() > self.max_current:
+            raise ValueError("simulated source asked beyond its range")  # the rig should prevent
+        if self.fail_after_writes is not None and self.writes + len(stack) > self.fail_after_writes:
+            failed = self.fail_after_writes + 1
+            self.writes, self.fail_after_writes = failed, None  # the fault clears: safe state works
+            raise OSError(f"simulated heater source: no reply to write #{failed}")
+        self.writes += len(stack)
+        self._requested = stack[-1]
         if self.history is not None:
-            self.history.append(currents.copy())
+            self.history.extend(stack.copy())
+        if len(stack) > 1 and self.output:
+            self.bench.currents = torch.from_numpy(stack.copy())
+            self._trace(stack[-1])
 
     def _drive(self) -> None:
         applied = self._requested if self.output else np.zeros(self.channels)
         self.bench.currents = torch.from_numpy(applied.copy())
+        self._trace(applied)
+
+    def _trace(self, applied: np.ndarray) -> None:
         if self.trace is not None:
             self.trace.write(f"{int(self.output)} {applied.max():.9g} {applied.sum():.9g}\n")
 
     def get_currents(self) -> np.ndarray:
-        """Read back the currents flowing in the heaters."""
-        return self.bench.currents.numpy().copy()
+        """Read back the currents flowing in the heaters (the last of a held stack)."""
+        return self.bench.currents.reshape(-1, self.channels)[-1].numpy().copy()
 
     def set_output(self, enabled: bool) -> None:
         """Switch the outputs."""
@@ -102,8 +115,5 @@ class SimulatedBalancedDetectors(Photodetector):
         return f"simulated balanced detectors, {self.channels} channels"
 
     def read(self) -> np.ndarray:
-        """Averaged balanced readings (W), shape (batch, channels)."""
-        total = self.bench.read()
-        for _ in range(self.averages - 1):
-            total = total + self.bench.read()
-        return (total / self.averages if self.averages > 1 else total).numpy()
+        """Averaged balanced readings (W), (batch, channels); (P, batch, channels) for a held stack."""
+        return self.bench.read(self.averages).numpy()

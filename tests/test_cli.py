@@ -34,8 +34,9 @@ def test_train_writes_a_complete_run(trained):
         summary = json.loads((run / method / "summary.json").read_text())
         assert summary["method"] == method and summary["estimator"] == "spsa"
         assert summary["test_images"] == 50
-        assert summary["currents_A"]["count"] == 32 * 16 + 16 * 10
-        assert 0 <= summary["currents_A"]["min"] <= summary["currents_A"]["max"] <= 0.024
+        assert [(c["layer"], c["unit"], c["count"]) for c in summary["controls"]] == [
+            ("fc2", "A", 32 * 16), ("fc3", "A", 16 * 10)]
+        assert all(0 <= c["min"] <= c["max"] <= 0.024 for c in summary["controls"])
         assert [p["drift_K"] for p in summary["drift_sweep"]] == [0.0, 1.0, 2.0]
         assert all(0 <= p["accuracy"] <= 1 for p in summary["drift_sweep"])
         with open(run / method / "metrics.csv") as f:

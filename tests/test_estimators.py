@@ -7,7 +7,7 @@ import torch
 from conftest import bank_rig
 
 from satlab.estimators import FiniteDifference, PhysicsAware, Spsa, twin_vjp
-from satlab.mrr_system import MrrLayerBackend
+from satlab.systems.mrr import MrrLayerBackend
 from satlab.rig import Rig
 from satlab.rigfile import RigSpec
 
@@ -81,7 +81,7 @@ def test_twin_autograd_trains_without_rig_queries_but_deploys_on_the_rig(layer):
     (module(x) * grad_out).sum().backward()
     _, truth = twin_vjp(backend, x, controls, grad_out)
     assert backend.queries == before  # in silico
-    assert torch.allclose(module.currents.grad, truth)
+    assert torch.allclose(module.controls.grad, truth)
     module.eval()
     with torch.no_grad():
         module(x)

@@ -23,7 +23,7 @@ def test_current_sweep_recovers_paper_resonance_width():
     # paper_system1: linear tuning 100 nm/A, FWHM 0.3 nm -> gamma = 0.15 nm / 100 nm/A = 1.5 mA
     with open_rig(rows=2, cols=3, bench_overrides={"fabrication_std_nm": 0.0}) as rig:
         # the paper's drift is a current offset -0.08*dT (paper unit = 10 mA): dip at I = 8 mA
-        rig.set_ambient_offset(10.0)
+        rig.set_imperfection("drift_K", 10.0)
         currents = np.linspace(0, 0.016, 161)
         w = sweep_ring(rig, "heaters", "inputs", "pd", (1, 2), currents)
     fit = fit_lorentzian(currents, w)
@@ -37,7 +37,7 @@ def test_power_sweep_recovers_tait_width_and_extinction():
     with open_rig(rows=1, cols=4, preset="tait_bank", limits={"max_current": 0.012},
                   bench_overrides={"fabrication_std_nm": 0.0, "detector_noise_W": 0.0,
                                    "adc_bits": None, "crosstalk": []}) as rig:
-        rig.set_ambient_offset(-5.0)  # +0.08 nm/K * -5 K = -0.4 nm: dip at P = 0.4 nm / (0.1 nm/mW)
+        rig.set_imperfection("drift_K", -5.0)  # +0.08 nm/K * -5 K = -0.4 nm: dip at P = 0.4 nm / (0.1 nm/mW)
         currents = np.sqrt(np.linspace(0, 10e-3, 201) / p.heater_resistance_ohm)
         w = sweep_ring(rig, "heaters", "inputs", "pd", (0, 1), currents)
     fit = fit_lorentzian(currents**2 * p.heater_resistance_ohm, w)
@@ -58,7 +58,7 @@ def test_crosstalk_moves_neighbour_with_configured_sign_and_size(coupling):
     base[2] = np.sqrt(neighbour_power / r)  # heater of ring (0, 2), next to ring (0, 1)
     with open_rig(rows=1, cols=4, preset="tait_bank", limits={"max_current": 0.012},
                   bench_overrides=overrides) as rig:
-        rig.set_ambient_offset(-5.0)
+        rig.set_imperfection("drift_K", -5.0)
         alone = fit_lorentzian(powers, sweep_ring(rig, "heaters", "inputs", "pd", (0, 1),
                                                   np.sqrt(powers / r)))
         heated = fit_lorentzian(powers, sweep_ring(rig, "heaters", "inputs", "pd", (0, 1),

@@ -101,7 +101,7 @@ def test_exception_inside_rig_ramps_down_and_switches_off():
 def test_channel_map_routes_each_ring_to_its_heater_and_commands_are_logged():
     import torch
 
-    from satlab.mrr_system import MrrLayerBackend
+    from satlab.systems.mrr import MrrLayerBackend
 
     data = bank_rig(rows=2, cols=3)
     permutation = [5, 3, 1, 0, 2, 4]

@@ -8,7 +8,7 @@ from conftest import bank_rig
 from torch import nn
 
 from satlab.estimators import FiniteDifference
-from satlab.mrr_system import MrrLayerBackend
+from satlab.systems.mrr import MrrLayerBackend
 from satlab.optim import SAM
 from satlab.physical_layer import PhysicalLayer
 from satlab.rig import Rig
@@ -72,7 +72,7 @@ def test_sat_keeps_currents_applicable_with_large_rho_and_lr():
         est = FiniteDifference(step=1e-5)
         layer = PhysicalLayer(backend, est, torch.full((12,), 3e-3))
         model = nn.Sequential(layer)
-        opt = SAM([{"params": [layer.currents], "lr": 5e-3}], torch.optim.SGD, rho=2.0)
+        opt = SAM([{"params": [layer.controls], "lr": 5e-3}], torch.optim.SGD, rho=2.0)
         ctrl = SatController(model, nn.functional.cross_entropy, opt, "sat")
         gen = torch.Generator().manual_seed(0)
         x = torch.rand(16, 4, generator=gen)
@@ -80,7 +80,7 @@ def test_sat_keeps_currents_applicable_with_large_rho_and_lr():
         for _ in range(5):
             ctrl.step(x, y)  # the rig raises RigLimitError on any out-of-range write
         history = np.array(rig.source("heaters").history)
-        currents = layer.currents.detach()
+        currents = layer.controls.detach()
     assert history.min() >= 0 and history.max() <= 0.006
     assert bool((currents >= 1e-5).all()) and bool((currents <= 0.006 - 1e-5).all())
     assert bool(((currents == 1e-5) | (currents == 0.006 - 1e-5)).any())  # the big steps hit a bound
@@ -95,19 +95,19 @@ def test_projection_keeps_probes_inside_the_power_budget():
         backend = MrrLayerBackend(rig, spec.system.layers[0])
         for estimator in (FiniteDifference(step=1e-5), Spsa(step=1e-5, directions=4, seed=0)):
             layer = PhysicalLayer(backend, estimator, torch.full((12,), 3e-3))
-            opt = SAM([{"params": [layer.currents], "lr": 1e-3}], torch.optim.SGD, rho=1.0)
+            opt = SAM([{"params": [layer.controls], "lr": 1e-3}], torch.optim.SGD, rho=1.0)
             ctrl = SatController(nn.Sequential(layer), nn.functional.cross_entropy, opt, "sat")
             gen = torch.Generator().manual_seed(0)
             x, y = torch.rand(8, 4, generator=gen), torch.randint(0, 3, (8,), generator=gen)
             for _ in range(3):
                 ctrl.step(x, y)  # the rig raises on any probe beyond the power limit
-            currents = layer.currents.detach()
+            currents = layer.controls.detach()
             assert float(currents.pow(2).sum()) * 500 <= 2e-4
             assert float(currents.min()) >= 1e-5 - 1e-15
 
 
 def test_initial_currents_reach_their_target_weights_on_the_rising_branch():
-    from satlab.network import currents_for_weights
+    from satlab.systems.mrr import currents_for_weights
 
     spec = RigSpec.model_validate(bank_rig(rows=16, cols=32, seed=11))  # paper preset: x0 ~ N(0, 0.8 mA)
     with Rig(spec) as rig:
