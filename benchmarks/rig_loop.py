@@ -1,11 +1,15 @@
 """Framework overhead of SAT on the simulated MRR rig, measured side by side in one run.
 
 1. Zero-latency instruments: the share of a SAT training step spent inside the
-   physics model. The step is timed; then the physics (MrrBench.read: the code the
-   simulated detectors run, on the twin's MrrBankModel) is called directly as many
-   times, with the same shapes, as the step queried the rig.
+   physics. The step is timed while every call of the simulated benches' physics
+   (MrrBench.read, the code the simulated detectors run) is recorded with its
+   shape: how many current settings it evaluated at once, and the batch. The
+   physics is then called directly with the same shapes, outside the framework.
    share = physics time / step time.
-2. Simulated settle times (1 ms per current write, 0.5 ms per detector read):
+2. The same SAT steps with batched probes switched off (Rig.stack_probes = False:
+   every probe written and read one at a time, as on hardware): speed-up of
+   batching.
+3. Simulated settle times (1 ms per current write, 0.5 ms per detector read):
    the loop's wall time vs the sum of those waits.
 
 Usage: python benchmarks/rig_loop.py [--steps N] [--conv 6,16]
@@ -26,34 +30,48 @@ from satlab.rigfile import RigSpec, load_rig_file
 from satlab.training import build_trainee
 
 
-def physics_direct(rig: Rig, trainee, batch: int, queries: list[int]) -> float:
-    """Seconds for the benches' physics (MrrBench.read), called directly `queries` times."""
+def record_physics(rig: Rig) -> list[tuple[object, int, int]]:
+    """Wrap every bench's read to log (bench, settings held, batch) per call."""
+    calls = []
+    for bench in rig.resources.values():
+        def read(averages=1, bench=bench, inner=bench.read):
+            held = bench.currents.shape[0] if bench.currents.ndim == 2 else 1
+            calls.append((bench, held, bench.inputs.shape[0]))
+            return inner(averages)
+        bench.read = read
+    return calls
+
+
+def physics_direct(calls: list[tuple[object, int, int]]) -> float:
+    """Seconds for the benches' physics called directly with the recorded shapes."""
     total = 0.0
-    for backend, n in zip(trainee.backends, queries):
-        bench = rig.resources[rig.spec.instruments[backend.spec.heaters].resource]
-        bench.inputs = torch.rand(batch, backend.in_features, dtype=torch.float64)
-        bench.currents = backend.upper / 4
+    gen = torch.Generator().manual_seed(0)
+    for bench, held, batch in calls:
+        upper = bench.model.params.max_current_A
+        currents = torch.rand(held, bench.model.channels, generator=gen, dtype=torch.float64) * upper
+        bench.currents = currents[0] if held == 1 else currents
+        bench.inputs = torch.rand(batch, bench.model.cols, generator=gen, dtype=torch.float64)
         start = time.perf_counter()
-        for _ in range(n):
-            bench.read()
+        type(bench).read(bench)
         total += time.perf_counter() - start
     return total
 
 
-def time_steps(spec: RigSpec, cfg, data, steps: int) -> tuple[float, list[int], int, Rig, object]:
+def time_steps(spec: RigSpec, cfg, data, steps: int, stack: bool = True, record: bool = False):
+    """Seconds for `steps` SAT steps after a warm-up, the rig queries and writes they made."""
     with Rig(spec) as rig:
+        rig.stack_probes = stack
         tr = build_trainee(cfg, rig, "sat")
         bs = cfg.training.batch_size
         tr.controller.step(data.train_x[:bs], data.train_y[:bs])  # warm-up
-        before = [b.queries for b in tr.backends]
-        writes0 = rig.writes
+        calls = record_physics(rig) if record else []
+        queries0, writes0 = tr.rig_queries, rig.writes
         start = time.perf_counter()
         for k in range(steps):
             idx = slice((k + 1) * bs, (k + 2) * bs)
             tr.controller.step(data.train_x[idx], data.train_y[idx])
         elapsed = time.perf_counter() - start
-        queries = [b.queries - q for b, q in zip(tr.backends, before)]
-        return elapsed, queries, rig.writes - writes0, rig, tr
+        return elapsed, tr.rig_queries - queries0, rig.writes - writes0, list(calls)
 
 
 def main() -> None:
@@ -67,23 +85,27 @@ def main() -> None:
     data = load_offline_mnist(40, 1)
     spec = load_rig_file(cfg.rig)
 
-    elapsed, queries, writes, rig, tr = time_steps(spec, cfg, data, args.steps)
-    with Rig(spec) as rig2:
-        physics = physics_direct(rig2, tr, cfg.training.batch_size, queries)
-    print(f"[zero latency] {args.steps} SAT steps, {sum(queries)} rig queries, conv={cfg.model.conv_channels}")
+    elapsed, queries, _, calls = time_steps(spec, cfg, data, args.steps, record=True)
+    physics = physics_direct(calls)
+    print(f"[zero latency] {args.steps} SAT steps, {queries} rig queries in {len(calls)} physics "
+          f"calls, conv={cfg.model.conv_channels}")
     print(f"  step time {elapsed:.3f} s, physics called directly {physics:.3f} s")
-    n = sum(queries)
     print(f"  share of the step inside the physics model: {physics / elapsed:.1%}")
-    print(f"  per query: {1e6 * elapsed / n:.1f} us in the step, {1e6 * physics / n:.1f} us of it physics")
+    print(f"  per query: {1e6 * elapsed / queries:.1f} us in the step, {1e6 * physics / queries:.1f} us "
+          "of it physics")
+
+    loop, loop_queries, _, _ = time_steps(spec, cfg, data, args.steps, stack=False)
+    assert loop_queries == queries
+    print(f"[one probe at a time] same steps {loop:.3f} s -> batched probes are {loop / elapsed:.1f}x "
+          "faster")
 
     slow = copy.deepcopy(spec.model_dump())
-    for name, inst in slow["instruments"].items():
+    for inst in slow["instruments"].values():
         inst["settle_time"] = {"current_source": 1e-3, "photodetector": 0.5e-3}.get(inst["kind"], 0.0)
     slow_spec = RigSpec.model_validate(slow)
-    steps = 1
-    elapsed, queries, writes, _, _ = time_steps(slow_spec, cfg, data, steps)
-    waits = writes * 1e-3 + sum(queries) * 0.5e-3
-    print(f"[settle times] {steps} SAT step: {writes} writes x 1 ms + {sum(queries)} reads x 0.5 ms "
+    elapsed, queries, writes, _ = time_steps(slow_spec, cfg, data, 1)
+    waits = writes * 1e-3 + queries * 0.5e-3
+    print(f"[settle times] 1 SAT step: {writes} writes x 1 ms + {queries} reads x 0.5 ms "
           f"= {waits:.3f} s of waiting")
     print(f"  wall time {elapsed:.3f} s -> {elapsed / waits:.3f}x the sum of the waits")
 

@@ -137,6 +137,10 @@ class CurrentGuard:
 class Rig:
     """Context manager over a rig file's instruments; leaving it always makes them safe."""
 
+    # False: apply probes one at a time even where a simulator could hold them all (to time
+    # or test the path real instruments take).
+    stack_probes = True
+
     def __init__(self, spec: RigSpec, path: str | Path = "<rig>", log_size: int = 10000) -> None:
         self.spec, self.path = spec, Path(path)
         self.instruments: dict[str, Instrument] = {}
@@ -332,7 +336,7 @@ class Rig:
         if inputs is not None:
             self.load_inputs(*inputs)
         dev = self.instruments[source]
-        if (len(checked) > 1 and getattr(dev, "holds_stacks", False)
+        if (self.stack_probes and len(checked) > 1 and getattr(dev, "holds_stacks", False)
                 and not (self.settle_times[source] or self.settle_times[detector])
                 and guard.moves_within_step(self.applied[source], checked)):
             return self._measure_stacked(source, checked, detector)
