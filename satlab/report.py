@@ -60,10 +60,13 @@ def make_report(paths: list[Path], out: Path) -> str:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     drifts = sorted({p["drift_K"] for s in summaries for p in s["drift_sweep"]})
-    header = f"{'run':<34}" + "".join(f"{'dT=' + format(d, 'g'):>9}" for d in drifts) + "  rig queries"
+    if not drifts:  # a system without thermal drift: its nominal accuracy
+        drifts = [None]
+    header = f"{'run':<34}" + "".join(f"{'dT=' + format(d, 'g') if d is not None else 'nominal':>9}"
+                                      for d in drifts) + "  rig queries"
     lines = [header]
     for run, s in zip(runs, summaries):
-        acc = {p["drift_K"]: p["accuracy"] for p in s["drift_sweep"]}
+        acc = {p["drift_K"]: p["accuracy"] for p in s["drift_sweep"]} or {None: s["test_accuracy"]}
         cells = "".join(f"{100 * acc[d]:>8.1f}%" if d in acc else f"{'-':>9}" for d in drifts)
         lines.append(f"{_label(run, s, many):<34}{cells}  {s['rig_queries']}")
     return "\n".join(lines)

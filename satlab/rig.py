@@ -317,7 +317,7 @@ class Rig:
                      inputs: tuple[str, np.ndarray] | None = None) -> np.ndarray:
         """Write each row of ``settings`` (A) to a source and read a detector after each.
 
-        Returns readings (P, batch, channels). Every row passes the guard before
+        Returns new readings (P, batch, channels). Every row passes the guard before
         any is written: a stack with one illegal row is refused whole. ``channels``
         places the rows on those source channels (the others keep their values);
         ``inputs`` = (modulator, values) loads a new input batch first. A source
@@ -351,8 +351,7 @@ class Rig:
         dev.set_current_stack(checked)
         self.applied[source] = checked[-1]
         self.writes += len(checked)
-        for row in checked:
-            self._log(source, "set_currents", row)
+        self._log(source, "set_current_stack", checked)  # rows applied in order, the last stays
         reading = self.read(detector)
         if reading.shape[:1] != checked.shape[:1] or reading.ndim != 3:
             raise RigError(f"{detector} did not read the {len(checked)} settings held by {source} "

@@ -213,15 +213,18 @@ def control_stats(tr: Trainee) -> list[dict]:
 
 def evaluate_trainee(cfg: RunConfig, tr: Trainee, rig: Rig, data: Dataset, drifts: list[float],
                      progress: bool = True) -> dict:
-    """Test accuracy at the calibration state and over a drift sweep, on the rig."""
-    sweep = [{"drift_K": p["drift_K"], "accuracy": p["accuracy"]} for p in imperfection_sweep(
-        tr.model, rig, data.test_x, data.test_y, [("drift_K", drifts)],
-        batch_size=cfg.evaluation.batch_size, progress=progress)]
-    nominal = next((p["accuracy"] for p in sweep if p["drift_K"] == 0.0), None)
+    """Test accuracy at the calibration state and, if the system drifts, over a drift sweep."""
+    def sweep(axes: list[tuple[str, list[float]]], show: bool) -> list[dict]:
+        return imperfection_sweep(tr.model, rig, data.test_x, data.test_y, axes,
+                                  batch_size=cfg.evaluation.batch_size, progress=show)
+
+    drifting = "drift_K" in system_for(rig.spec, rig.path).imperfections
+    points = [{"drift_K": p["drift_K"], "accuracy": p["accuracy"]}
+              for p in sweep([("drift_K", drifts)], progress)] if drifting else []
+    nominal = next((p["accuracy"] for p in points if p["drift_K"] == 0.0), None)
     if nominal is None:
-        nominal = imperfection_sweep(tr.model, rig, data.test_x, data.test_y, [("drift_K", [0.0])],
-                                     batch_size=cfg.evaluation.batch_size, progress=False)[0]["accuracy"]
-    return {"test_accuracy": nominal, "test_images": len(data.test_y), "drift_sweep": sweep}
+        nominal = sweep([], False)[0]["accuracy"]
+    return {"test_accuracy": nominal, "test_images": len(data.test_y), "drift_sweep": points}
 
 
 def write_run_files(run_dir: Path, cfg: RunConfig, rig_spec_dump: dict) -> None:

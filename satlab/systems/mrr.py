@@ -118,7 +118,7 @@ class MrrLayerBackend(LayerBackend):
         power = self.rig.measure_many(self.spec.heaters, settings, self.spec.detector,
                                       self.channels, inputs)
         self._loaded = (x, x._version)
-        return power / self.full_scale_W
+        return np.divide(power, self.full_scale_W, out=power)  # a new array: scale in place
 
     def project(self, controls: torch.Tensor, margin: float = 0.0) -> None:
         """Move currents in place into the applicable range: the box and the power budget.
