@@ -169,6 +169,7 @@ def cmd_rig_drivers(args: argparse.Namespace) -> int:
     from satlab import registry
 
     print("\n".join(registry.available()))
+    print("systems:\n" + "\n".join(f"  {name}" for name in registry.available(registry.SYSTEMS)))
     return 0
 
 
@@ -220,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "identification and a reading, and leave the rig in its safe state.")
     c.add_argument("rig_file", metavar="RIG_FILE")
     c.set_defaults(func=cmd_rig_check)
-    d = rsub.add_parser("drivers", help="list the driver, simulator and twin names a rig file may use")
+    d = rsub.add_parser("drivers", help="list the driver, simulator, twin and system names a rig "
+                                        "file may use")
     d.set_defaults(func=cmd_rig_drivers)
 
     rep = sub.add_parser("report", help="plot and tabulate one or more runs",

@@ -109,7 +109,8 @@ def test_config_and_rig_layer_sizes_must_agree(tmp_path):
 def test_rig_drivers_lists_registered_names():
     result = satlab("rig", "drivers")
     assert result.returncode == 0
-    assert {"simulated.mrr_bench", "simulated.mrr_heaters", "twin.mrr_bank"} <= set(result.stdout.split())
+    assert {"simulated.mrr_bench", "simulated.mrr_heaters", "twin.mrr_bank",
+            "mrr_weight_bank"} <= set(result.stdout.split())
 
 
 def test_help_explains_commands():
