@@ -7,9 +7,9 @@ import torch
 from conftest import bank_rig
 
 from satlab.estimators import FiniteDifference, PhysicsAware, Spsa, twin_vjp
-from satlab.systems.mrr import MrrLayerBackend
 from satlab.rig import Rig
 from satlab.rigfile import RigSpec
+from satlab.systems.mrr import MrrLayerBackend
 
 
 @pytest.fixture

@@ -16,13 +16,13 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import TWO_LAYER_RIG, tiny_config, write_yaml  # noqa: E402
+from conftest import TWO_LAYER_RIG, tiny_config, write_yaml
 
-from satlab.config import load_config  # noqa: E402
-from satlab.data import load_offline_mnist  # noqa: E402
-from satlab.rig import Rig  # noqa: E402
-from satlab.rigfile import load_rig_file  # noqa: E402
-from satlab.training import build_trainee, evaluate_trainee  # noqa: E402
+from satlab.config import load_config
+from satlab.data import load_offline_mnist
+from satlab.rig import Rig
+from satlab.rigfile import load_rig_file
+from satlab.training import build_trainee, evaluate_trainee
 
 GOLDEN = Path(__file__).parent / "golden" / "mrr_before_protocol.json"
 CASES = {

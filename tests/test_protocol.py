@@ -18,8 +18,8 @@ from satlab.rig import Rig, RigLimitError
 from satlab.rigfile import RigSpec
 from satlab.systems import ControlSpace, LayerBackend, MacroPixels, system_for
 
-NOISY_BANK = dict(rows=3, cols=5, preset="tait_bank", limits={"max_current": 0.012},
-                  bench_overrides={"detector_noise_W": 3e-6})
+NOISY_BANK = {"rows": 3, "cols": 5, "preset": "tait_bank", "limits": {"max_current": 0.012},
+              "bench_overrides": {"detector_noise_W": 3e-6}}
 
 
 def open_bank(averages: int = 2, **kwargs) -> tuple[Rig, LayerBackend]:

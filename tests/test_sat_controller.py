@@ -8,12 +8,12 @@ from conftest import bank_rig
 from torch import nn
 
 from satlab.estimators import FiniteDifference
-from satlab.systems.mrr import MrrLayerBackend
 from satlab.optim import SAM
 from satlab.physical_layer import PhysicalLayer
 from satlab.rig import Rig
 from satlab.rigfile import RigSpec
 from satlab.sat import SatController
+from satlab.systems.mrr import MrrLayerBackend
 
 A = torch.tensor([[3.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
 B = torch.tensor([1.0, -2.0], dtype=torch.float64)
