@@ -214,9 +214,18 @@ def control_stats(tr: Trainee) -> list[dict]:
 def evaluate_trainee(cfg: RunConfig, tr: Trainee, rig: Rig, data: Dataset, drifts: list[float],
                      progress: bool = True) -> dict:
     """Test accuracy at the calibration state and over a drift sweep, on the rig."""
-    sweep = [{"drift_K": p["drift_K"], "accuracy": p["accuracy"]} for p in imperfection_sweep(
-        tr.model, rig, data.test_x, data.test_y, [("drift_K", drifts)],
-        batch_size=cfg.evaluation.batch_size, progress=progress)]
+    rows = imperfection_sweep(tr.model, rig, data.test_x, data.test_y, [("drift_K", drifts)],
+                              batch_size=cfg.evaluation.batch_size, progress=progress)
+    return drift_results(cfg, tr, rig, data, rows)
+
+
+def drift_results(cfg: RunConfig, tr: Trainee, rig: Rig, data: Dataset, rows: list[dict]) -> dict:
+    """summary.json's test_accuracy, test_images and drift_sweep from the rows of a drift sweep.
+
+    ``rows``: what :func:`imperfection_sweep` returned for the one axis drift_K, one
+    draw, eval-mode BatchNorm. Without a 0 K point the calibration state is measured.
+    """
+    sweep = [{"drift_K": p["drift_K"], "accuracy": p["accuracy"]} for p in rows]
     nominal = next((p["accuracy"] for p in sweep if p["drift_K"] == 0.0), None)
     if nominal is None:
         nominal = imperfection_sweep(tr.model, rig, data.test_x, data.test_y, [("drift_K", [0.0])],
