@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(
-        "evaluate", help="accuracy of a trained run under drift or other imperfection sweeps",
+        "evaluate", help="accuracy of a trained run under drift or other imperfections",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EVALUATE_EPILOG,
         description="Re-evaluate a run (or one method of it) on the full test set, on its "
                     "simulated rig,\nat every point of a grid of imperfections (default: the "
