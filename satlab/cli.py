@@ -8,9 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from satlab.config import DEFAULT_CONFIG, RunConfig, load_config, parse_range
+from satlab.config import DEFAULT_CONFIG, RunConfig, load_config
 from satlab.rig import Rig, RigError, RigInterrupted
 from satlab.rigfile import load_rig_file
+from satlab.sweeps import SweepOptionError
 from satlab.validation import ConfigError, DataError
 
 # torch and matplotlib load inside the commands that need them, so --help is instant.
@@ -20,8 +21,18 @@ EPILOG = """examples:
   satlab train my.yaml --epochs 2       your config, shorter
   satlab train --resume runs/mrr-sat-demo-20261122-101500
   satlab evaluate runs/RUN --drift 0:2:21
+  satlab evaluate runs/RUN --sweep drift_K=0:1:5 --sweep fabrication_std_nm=0,0.05 --draws 5
   satlab rig check my-rig.yaml          open a rig, identify and read every instrument
   satlab report runs/RUN_A runs/RUN_B   compare runs in one plot
+"""
+
+
+EVALUATE_EPILOG = """examples:
+  satlab evaluate runs/RUN --list-imperfections
+  satlab evaluate runs/RUN --drift 0:2:21
+  satlab evaluate runs/RUN --sweep fabrication_std_nm=0:0.1:5 --draws 10
+  satlab evaluate runs/RUN --sweep drift_K=0:1:5 --sweep crosstalk_scale=0.5,1,2
+  satlab evaluate runs/RUN --sweep drift_K=0:2:5 --bn batch
 """
 
 
@@ -30,13 +41,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
-
-
-def _drift_grid(text: str) -> list[float]:
-    try:
-        return parse_range(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _data(cfg: RunConfig, config_path: Path):
@@ -115,36 +119,82 @@ def _resume_hint(run_dir: Path) -> str:
     return f" The last checkpoint is intact; continue with\n  satlab train --resume {run_dir}"
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from satlab import checkpoint
-    from satlab.report import method_runs
-    from satlab.training import build_trainee, evaluate_trainee
-
-    target = Path(args.run_dir)
+def _evaluated_run(target: Path) -> tuple[Path, RunConfig]:
+    """The run folder of RUN_DIR (a run, or one method folder of it) and its config."""
     root = target if (target / "config.yaml").exists() else target.parent
     if not (root / "config.yaml").exists():
         raise ConfigError(target, "", "not a run directory (no config.yaml here or one level up)")
-    cfg = load_config(root / "config.yaml")
+    return root, load_config(root / "config.yaml")
+
+
+def _imperfections(cfg: RunConfig) -> dict:
+    """The imperfections the run's rig system declares; reads the rig file, opens nothing."""
+    from satlab.systems import system_for
+
+    spec = load_rig_file(cfg.rig)
+    if spec.system is None:
+        raise ConfigError(cfg.rig, "system", "the rig file has no system section")
+    return system_for(spec, cfg.rig).imperfections
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from satlab.sweeps import Sweep, draws_note, format_table, imperfection_table, parse_axes
+
+    target = Path(args.run_dir)
+    root, cfg = _evaluated_run(target)
+    imperfections = _imperfections(cfg)
+    if args.list_imperfections:
+        print(imperfection_table(imperfections))
+        return 0
+    # every option is checked before data loads or the rig opens
+    axes = parse_axes(args.sweep, args.drift, cfg.evaluation.drift, imperfections)
     runs = [r for r in ([target] if root != target else
                         [root / m for m in cfg.training.methods]) if (r / "checkpoint.pt").exists()]
     if not runs:
         raise ConfigError(target, "", "no trained method with a checkpoint.pt found")
-    drifts = args.drift or parse_range(cfg.evaluation.drift)
+
+    from satlab import checkpoint
+    from satlab.evaluation import imperfection_sweep
+    from satlab.report import method_runs, plot_sweep
+    from satlab.sweeps import write_files
+    from satlab.training import build_trainee, drift_results
+
     data = _data(cfg, root / "config.yaml")
+    sweep = Sweep(axes, args.draws, args.bn, len(data.test_y), cfg.evaluation.batch_size)
+    if note := draws_note(sweep, imperfections):
+        print(note, file=sys.stderr)
+    results, written = [], []
     with Rig.from_file(cfg.rig) as rig:
         for run in runs:
             method = run.name
             tr = build_trainee(cfg, rig, method)
             tr.model.load_state_dict(checkpoint.load(run / "checkpoint.pt")["model"])
-            result = evaluate_trainee(cfg, tr, rig, data, drifts, progress=not args.quiet)
-            summary_path = run / "summary.json"
-            summary = json.loads(summary_path.read_text()) if summary_path.exists() else {
-                "method": method, "estimator": tr.estimator.name, "rig_queries": tr.rig_queries}
-            summary.update(result)
-            summary_path.write_text(json.dumps(summary, indent=2))
-    if method_runs([root]):
+            rows = imperfection_sweep(tr.model, rig, data.test_x, data.test_y, sweep.grid,
+                                      sweep.draws, sweep.bn, sweep.batch_size,
+                                      progress=not args.quiet)
+            results.append((f"{method} ({tr.estimator.name})", rows))
+            written += write_files(run, sweep, rows, method, tr.estimator.name, imperfections)
+            if sweep.is_drift_evaluation:  # what training recorded: keep summary.json current
+                _update_summary(run, method, tr, drift_results(cfg, tr, rig, data, rows))
+    print(format_table(sweep, results))
+    plot = root / f"{sweep.stem}.png"
+    if plot_sweep(sweep, results, plot):
+        written.append(plot)
+    else:
+        print(f"no plot for a {len(axes)}-D sweep (plots cover 1-D and 2-D); the data is in the "
+              "files below")
+    print("\n".join(f"wrote {path}" for path in written))
+    if sweep.is_drift_evaluation and method_runs([root]):
         _report(root)
     return 0
+
+
+def _update_summary(run: Path, method: str, tr, result: dict) -> None:
+    summary_path = run / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {
+        "method": method, "estimator": tr.estimator.name, "rig_queries": tr.rig_queries}
+    summary.update(result)
+    summary_path.write_text(json.dumps(summary, indent=2))
 
 
 def cmd_rig_check(args: argparse.Namespace) -> int:
@@ -205,12 +255,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="accuracy of a trained run under a drift sweep",
-                       description="Re-evaluate a run (or one method of it) on the full test set at "
-                                   "each ambient temperature offset; updates summary.json and the report.")
+    e = sub.add_parser(
+        "evaluate", help="accuracy of a trained run under drift or other imperfections",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EVALUATE_EPILOG,
+        description="Re-evaluate a run (or one method of it) on the full test set, on its "
+                    "simulated rig,\nat every point of a grid of imperfections (default: the "
+                    "run's drift grid).\nWrites sweep-NAMES[-bn-batch].csv/.json in each method "
+                    "folder and a .png plot\n(1-D and 2-D sweeps) in the run folder. A drift-only "
+                    "sweep with one draw and eval-mode\nBatchNorm also updates summary.json and "
+                    "the report.")
     e.add_argument("run_dir", metavar="RUN_DIR")
-    e.add_argument("--drift", type=_drift_grid, help="drift grid in K: start:stop:count (inclusive) or a,b,c "
-                                   "(default: the run's evaluation.drift)")
+    e.add_argument("--sweep", action="append", metavar="NAME=GRID",
+                   help="sweep an imperfection of the rig's system; GRID is start:stop:count "
+                        "(inclusive) or a,b,c; repeat for a grid (2 sweeps: 2-D)")
+    e.add_argument("--drift", metavar="GRID", help="short for --sweep drift_K=GRID (K) "
+                   "(default without --sweep: the run's evaluation.drift)")
+    e.add_argument("--draws", type=_positive_int, default=1, metavar="K",
+                   help="evaluate each point K times, draw k with the k-th realisation of random "
+                        "imperfections; report mean ± std (default: 1)")
+    e.add_argument("--bn", choices=("eval", "batch"), default="eval",
+                   help="BatchNorm: eval = running statistics, as deployed (default); batch = "
+                        "each test batch's own statistics, only to compare with published "
+                        "protocols (files and plots are labelled bn-batch)")
+    e.add_argument("--list-imperfections", action="store_true",
+                   help="list the imperfections of the run's rig with unit, default and "
+                        "description, and exit (opens no rig)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_evaluate)
 
@@ -240,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, SweepOptionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RigError as exc:

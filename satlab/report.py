@@ -1,12 +1,18 @@
-"""Reports: accuracy-vs-drift and training curves of one or more runs, as PNG and text."""
+"""Reports: accuracy-vs-drift and training curves of runs; imperfection-sweep plots."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
+import numpy as np
+
+if TYPE_CHECKING:
+    from satlab.sweeps import Sweep
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -70,3 +76,79 @@ def make_report(paths: list[Path], out: Path) -> str:
         cells = "".join(f"{100 * acc[d]:>8.1f}%" if d in acc else f"{'-':>9}" for d in drifts)
         lines.append(f"{_label(run, s, many):<34}{cells}  {s['rig_queries']}")
     return "\n".join(lines)
+
+
+_ANNOTATE, _ANNOTATE_STD = 100, 36  # heat-map cells up to which values (and ± std) are written
+
+
+def plot_sweep(sweep: Sweep, results: list[tuple[str, list[dict]]], out: Path) -> bool:
+    """Plot an imperfection sweep of one or more methods (label, rows); False for 3-D and more.
+
+    1-D: accuracy against the imperfection, one line per method, a ±std band when
+    there are several draws. 2-D: one heat map per method on a shared 0-100 % scale.
+    """
+    if len(sweep.axes) > 2 or not results:
+        return False
+    title = f"{sweep.bn_title}\nfull test set ({sweep.test_images} images)"
+    if sweep.draws > 1:
+        title += f", mean of {sweep.draws} draws" + (
+            ", band: ± std" if len(sweep.axes) == 1 else
+            ", cells: mean ± std" if sweep.points <= _ANNOTATE_STD else "")
+    if len(sweep.axes) == 1:
+        fig = _plot_sweep_1d(sweep, results, title)
+    else:
+        fig = _plot_sweep_2d(sweep, results, title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _plot_sweep_1d(sweep: Sweep, results: list[tuple[str, list[dict]]], title: str):
+    axis = sweep.axes[0]
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for label, rows in results:
+        x = np.array([r[axis.name] for r in rows])
+        mean = np.array([100 * r["accuracy"] for r in rows])
+        line, = ax.plot(x, mean, "o-", label=label)
+        if sweep.draws > 1:
+            std = np.array([100 * r["std"] for r in rows])
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set(xlabel=axis.label, ylabel="test accuracy (%)", ylim=(0, 100),
+           title=f"Accuracy vs {axis.name}\n{title}")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _plot_sweep_2d(sweep: Sweep, results: list[tuple[str, list[dict]]], title: str):
+    ax_x, ax_y = sweep.axes
+    nx, ny = len(ax_x.values), len(ax_y.values)
+    n = len(results)
+    fig, axes = plt.subplots(1, n, figsize=(1.0 + 4.6 * n, 4.6), squeeze=False,
+                             layout="constrained")
+    image = None
+    for ax, (label, rows) in zip(axes[0], results):
+        # imperfection_sweep varies the last axis fastest: rows reshape to (x, y)
+        mean = 100 * np.array([r["accuracy"] for r in rows]).reshape(nx, ny).T
+        std = 100 * np.array([r["std"] for r in rows]).reshape(nx, ny).T
+        image = ax.imshow(mean, origin="lower", aspect="auto", vmin=0, vmax=100, cmap="viridis")
+        for which, axis, count in (("x", ax_x, nx), ("y", ax_y, ny)):
+            step = max(1, math.ceil(count / 10))  # at most ~10 tick labels
+            ticks = list(range(0, count, step))
+            getattr(ax, f"set_{which}ticks")(ticks, [format(axis.values[i], ".4g") for i in ticks])
+            getattr(ax, f"set_{which}label")(axis.label)
+        if nx * ny <= _ANNOTATE:
+            for i in range(nx):
+                for j in range(ny):
+                    text = f"{mean[j, i]:.0f}" + (f"\n±{std[j, i]:.0f}"
+                                                  if sweep.draws > 1 and nx * ny <= _ANNOTATE_STD
+                                                  else "")
+                    ax.text(i, j, text, ha="center", va="center", fontsize=8,
+                            color="black" if mean[j, i] > 60 else "white")
+        ax.set_title(label)
+    fig.colorbar(image, ax=axes[0].tolist(), label="test accuracy (%)")
+    fig.suptitle(f"Accuracy vs {ax_x.name} and {ax_y.name}\n{title}", fontsize=9)
+    return fig

@@ -214,17 +214,27 @@ def control_stats(tr: Trainee) -> list[dict]:
 def evaluate_trainee(cfg: RunConfig, tr: Trainee, rig: Rig, data: Dataset, drifts: list[float],
                      progress: bool = True) -> dict:
     """Test accuracy at the calibration state and, if the system drifts, over a drift sweep."""
-    def sweep(axes: list[tuple[str, list[float]]], show: bool) -> list[dict]:
-        return imperfection_sweep(tr.model, rig, data.test_x, data.test_y, axes,
-                                  batch_size=cfg.evaluation.batch_size, progress=show)
-
     drifting = "drift_K" in system_for(rig.spec, rig.path).imperfections
-    points = [{"drift_K": p["drift_K"], "accuracy": p["accuracy"]}
-              for p in sweep([("drift_K", drifts)], progress)] if drifting else []
-    nominal = next((p["accuracy"] for p in points if p["drift_K"] == 0.0), None)
+    rows = imperfection_sweep(tr.model, rig, data.test_x, data.test_y, [("drift_K", drifts)],
+                              batch_size=cfg.evaluation.batch_size,
+                              progress=progress) if drifting else []
+    return drift_results(cfg, tr, rig, data, rows)
+
+
+def drift_results(cfg: RunConfig, tr: Trainee, rig: Rig, data: Dataset, rows: list[dict]) -> dict:
+    """summary.json's test_accuracy, test_images and drift_sweep from the rows of a drift sweep.
+
+    ``rows``: what :func:`imperfection_sweep` returned for the one axis drift_K, one
+    draw, eval-mode BatchNorm (none for a system without drift). Without a 0 K point
+    the calibration state is measured.
+    """
+    sweep = [{"drift_K": p["drift_K"], "accuracy": p["accuracy"]} for p in rows]
+    nominal = next((p["accuracy"] for p in sweep if p["drift_K"] == 0.0), None)
     if nominal is None:
-        nominal = sweep([], False)[0]["accuracy"]
-    return {"test_accuracy": nominal, "test_images": len(data.test_y), "drift_sweep": points}
+        nominal = imperfection_sweep(tr.model, rig, data.test_x, data.test_y, [],
+                                     batch_size=cfg.evaluation.batch_size,
+                                     progress=False)[0]["accuracy"]
+    return {"test_accuracy": nominal, "test_images": len(data.test_y), "drift_sweep": sweep}
 
 
 def write_run_files(run_dir: Path, cfg: RunConfig, rig_spec_dump: dict) -> None:
