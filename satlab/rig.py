@@ -141,13 +141,17 @@ class Rig:
     # or test the path real instruments take).
     stack_probes = True
 
-    def __init__(self, spec: RigSpec, path: str | Path = "<rig>", log_size: int = 10000) -> None:
+    def __init__(self, spec: RigSpec, path: str | Path = "<rig>", log_size: int = 10000,
+                 log_values: int = 2**22) -> None:
         self.spec, self.path = spec, Path(path)
         self.instruments: dict[str, Instrument] = {}
         self.resources: dict[str, Any] = {}
         self.guards: dict[str, CurrentGuard] = {}
         self.applied: dict[str, np.ndarray] = {}
-        self.commands: deque[Command] = deque(maxlen=log_size)
+        # the most recent commands: at most log_size of them holding at most log_values
+        # numbers in all (one probe stack alone can hold millions)
+        self.commands: deque[Command] = deque()
+        self._log_limits, self._logged_values = (log_size, log_values), 0
         self.writes = 0
         self.settle_times = {n: i.settle_time for n, i in spec.instruments.items()}
         self._ready_at = 0.0  # perf_counter time when every write so far has settled
@@ -263,6 +267,11 @@ class Rig:
     # -- the write path --------------------------------------------------------
     def _log(self, instrument: str, action: str, value: object) -> None:
         self.commands.append(Command(time.time(), instrument, action, value))
+        self._logged_values += np.size(value)
+        max_len, max_values = self._log_limits
+        while len(self.commands) > 1 and (len(self.commands) > max_len
+                                          or self._logged_values > max_values):
+            self._logged_values -= np.size(self.commands.popleft().value)
 
     def _settled_after(self, name: str) -> None:
         """A write to ``name`` takes effect settle_time from now: readings must wait for it."""

@@ -92,6 +92,25 @@ def test_a_stack_with_one_illegal_probe_is_refused_whole(corrupt, message):
     assert np.array_equal(before[2], after[2]) and torch.equal(before[3], after[3])
 
 
+def test_the_command_log_keeps_recent_stacks_within_its_value_budget():
+    """A training run logs thousands of probe stacks: the log must not keep them all."""
+    rig, layer = open_bank()
+    try:
+        rig._log_limits = (10000, 2000)
+        x = torch.rand(4, 5, dtype=torch.float64)
+        stacks = [np.full((40, 15), 0.001 * (k + 1)) for k in range(10)]  # 600 values each
+        for probes in stacks:
+            layer.query_many(x, probes)
+        logged = [c.value for c in rig.commands if c.action == "set_current_stack"]
+        held = sum(np.size(c.value) for c in rig.commands)
+    finally:
+        rig.__exit__(None, None, None)
+    assert held <= 2000
+    assert len(logged) == 3  # the newest three fit, together with the small entries after them
+    for value, probes in zip(logged, stacks[-3:]):
+        assert np.array_equal(value, probes)
+
+
 def test_estimators_hand_each_layer_one_stack_per_step():
     rig, layer = open_bank(averages=1, bench_overrides={"detector_noise_W": 0.0, "adc_bits": None,
                                                         "shot_noise_bandwidth_Hz": 0.0})
