@@ -3,11 +3,18 @@
 The values in golden/mrr_before_protocol.json were written by running this module
 as a script on main at commit 85a289e (before the MRR code moved behind the
 system protocol and before batched probes): `python tests/test_golden.py --write`.
+
+Each case runs in a fresh process with one thread and the CPU-independent arithmetic of
+PyTorch's kernels and MKL (no AVX2/AVX-512 dispatch, no oneDNN): float32 convolutions
+otherwise round differently on different processors, and the golden file must hold on
+any machine, not only the one that wrote it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -62,28 +69,41 @@ def run_case(tmp: Path, estimator: dict, method: str, noise_W: float) -> dict:
         }
 
 
+REPRODUCIBLE = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1"}
+
+
+def run_reproducibly(case: str, tmp: Path) -> dict:
+    """run_case in a fresh process with processor-independent arithmetic."""
+    result = subprocess.run([sys.executable, __file__, "--case", case, str(tmp)],
+                            env={**os.environ, **REPRODUCIBLE}, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_mrr_numbers_match_main_before_the_protocol(case, tmp_path):
     expected = json.loads(GOLDEN.read_text())[case]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # float32 conv results depend on the thread count
-    try:
-        got = run_case(tmp_path, *CASES[case])
-    finally:
-        torch.set_num_threads(threads)
+    got = run_reproducibly(case, tmp_path)
     assert got["rig_queries"] == expected["rig_queries"]
     assert got["accuracy"] == expected["accuracy"]
     for key in ("losses", "control_sums", "control_sq_sums"):
         assert got[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-15), key
 
 
+if __name__ == "__main__" and "--case" in sys.argv:
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
+    case, tmp = sys.argv[sys.argv.index("--case") + 1:][:2]
+    print(json.dumps(run_case(Path(tmp), *CASES[case])))
+
 if __name__ == "__main__" and "--write" in sys.argv:
     import tempfile
 
-    torch.set_num_threads(1)
     out = {}
-    for case, args in sorted(CASES.items()):
+    for case in sorted(CASES):
         with tempfile.TemporaryDirectory() as tmp:
-            out[case] = run_case(Path(tmp), *args)
+            out[case] = run_reproducibly(case, Path(tmp))
             print(case, out[case])
     GOLDEN.write_text(json.dumps(out, indent=1) + "\n")
