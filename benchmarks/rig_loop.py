@@ -2,10 +2,12 @@
 
 1. Zero-latency instruments: the share of a SAT training step spent inside the
    physics. The step is timed while every call of the simulated benches' physics
-   (MrrBench.read, the code the simulated detectors run) is recorded with its
-   shape: how many current settings it evaluated at once, and the batch. The
-   physics is then called directly with the same shapes, outside the framework.
-   share = physics time / step time.
+   (MrrBench.read, the code the simulated detectors run) is timed and recorded
+   with its shape: how many current settings it evaluated at once, and the batch.
+   share = time inside the physics / step time. As a check, the physics is then
+   called again directly with the same shapes, outside the framework. The rest of
+   the step is split into the guard's checks of every probe and everything else
+   (network forward and backward, twin, optimizer, estimator and rig bookkeeping).
 2. The same SAT steps with batched probes switched off (Rig.stack_probes = False:
    every probe written and read one at a time, as on hardware): speed-up of
    batching.
@@ -25,21 +27,38 @@ import torch
 
 from satlab.config import DEFAULT_CONFIG, load_config
 from satlab.data import load_offline_mnist
+from satlab.heap import retain_freed_memory
 from satlab.rig import Rig
 from satlab.rigfile import RigSpec, load_rig_file
 from satlab.training import build_trainee
 
 
-def record_physics(rig: Rig) -> list[tuple[object, int, int]]:
-    """Wrap every bench's read to log (bench, settings held, batch) per call."""
-    calls = []
+def record_physics(rig: Rig) -> tuple[list[tuple[object, int, int]], list[float]]:
+    """Wrap every bench's read to log (bench, settings held, batch) and its seconds per call."""
+    calls, seconds = [], []
     for bench in rig.resources.values():
         def read(averages=1, bench=bench, inner=bench.read):
             held = bench.currents.shape[0] if bench.currents.ndim == 2 else 1
             calls.append((bench, held, bench.inputs.shape[0]))
-            return inner(averages)
+            start = time.perf_counter()
+            out = inner(averages)
+            seconds.append(time.perf_counter() - start)
+            return out
         bench.read = read
-    return calls
+    return calls, seconds
+
+
+def time_guard(rig: Rig) -> list[float]:
+    """Wrap every current guard's stack check; seconds per call."""
+    seconds = []
+    for guard in rig.guards.values():
+        def check_many(requested, inner=guard.check_many):
+            start = time.perf_counter()
+            out = inner(requested)
+            seconds.append(time.perf_counter() - start)
+            return out
+        guard.check_many = check_many
+    return seconds
 
 
 def physics_direct(calls: list[tuple[object, int, int]]) -> float:
@@ -58,20 +77,23 @@ def physics_direct(calls: list[tuple[object, int, int]]) -> float:
 
 
 def time_steps(spec: RigSpec, cfg, data, steps: int, stack: bool = True, record: bool = False):
-    """Seconds for `steps` SAT steps after a warm-up, the rig queries and writes they made."""
+    """Seconds for `steps` SAT steps after a warm-up, the rig queries and writes they made,
+    and (with ``record``) the physics calls, seconds inside the physics and in the guard."""
     with Rig(spec) as rig:
         rig.stack_probes = stack
         tr = build_trainee(cfg, rig, "sat")
         bs = cfg.training.batch_size
         tr.controller.step(data.train_x[:bs], data.train_y[:bs])  # warm-up
-        calls = record_physics(rig) if record else []
+        calls, in_physics = record_physics(rig) if record else ([], [])
+        in_guard = time_guard(rig) if record else []
         queries0, writes0 = tr.rig_queries, rig.writes
         start = time.perf_counter()
         for k in range(steps):
             idx = slice((k + 1) * bs, (k + 2) * bs)
             tr.controller.step(data.train_x[idx], data.train_y[idx])
         elapsed = time.perf_counter() - start
-        return elapsed, tr.rig_queries - queries0, rig.writes - writes0, list(calls)
+        return (elapsed, tr.rig_queries - queries0, rig.writes - writes0, list(calls),
+                sum(in_physics), sum(in_guard))
 
 
 def main() -> None:
@@ -80,21 +102,26 @@ def main() -> None:
     ap.add_argument("--conv", default="", help="digital conv channels, e.g. 6,16 (default: none)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    retain_freed_memory()  # as the satlab command does
     cfg = load_config(DEFAULT_CONFIG)
     cfg.model.conv_channels = [int(c) for c in args.conv.split(",") if c]
     data = load_offline_mnist(40, 1)
     spec = load_rig_file(cfg.rig)
 
-    elapsed, queries, _, calls = time_steps(spec, cfg, data, args.steps, record=True)
-    physics = physics_direct(calls)
+    elapsed, queries, _, calls, in_situ, guard = time_steps(spec, cfg, data, args.steps, record=True)
+    replayed = physics_direct(calls)
     print(f"[zero latency] {args.steps} SAT steps, {queries} rig queries in {len(calls)} physics "
           f"calls, conv={cfg.model.conv_channels}")
-    print(f"  step time {elapsed:.3f} s, physics called directly {physics:.3f} s")
-    print(f"  share of the step inside the physics model: {physics / elapsed:.1%}")
-    print(f"  per query: {1e6 * elapsed / queries:.1f} us in the step, {1e6 * physics / queries:.1f} us "
+    print(f"  step time {elapsed:.3f} s; inside the physics {in_situ:.3f} s "
+          f"(the same calls replayed alone: {replayed:.3f} s)")
+    print(f"  share of the step inside the physics model: {in_situ / elapsed:.1%} "
+          f"(replayed: {replayed / elapsed:.1%})")
+    print(f"  the rest: guard checks {guard / elapsed:.1%}, network, estimator and rig bookkeeping "
+          f"{(elapsed - in_situ - guard) / elapsed:.1%}")
+    print(f"  per query: {1e6 * elapsed / queries:.1f} us in the step, {1e6 * in_situ / queries:.1f} us "
           "of it physics")
 
-    loop, loop_queries, _, _ = time_steps(spec, cfg, data, args.steps, stack=False)
+    loop, loop_queries, *_ = time_steps(spec, cfg, data, args.steps, stack=False)
     assert loop_queries == queries
     print(f"[one probe at a time] same steps {loop:.3f} s -> batched probes are {loop / elapsed:.1f}x "
           "faster")
@@ -103,7 +130,7 @@ def main() -> None:
     for inst in slow["instruments"].values():
         inst["settle_time"] = {"current_source": 1e-3, "photodetector": 0.5e-3}.get(inst["kind"], 0.0)
     slow_spec = RigSpec.model_validate(slow)
-    elapsed, queries, writes, _ = time_steps(slow_spec, cfg, data, 1)
+    elapsed, queries, writes, *_ = time_steps(slow_spec, cfg, data, 1)
     waits = writes * 1e-3 + queries * 0.5e-3
     print(f"[settle times] 1 SAT step: {writes} writes x 1 ms + {queries} reads x 0.5 ms "
           f"= {waits:.3f} s of waiting")

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from satlab.config import DEFAULT_CONFIG, RunConfig, load_config
-from satlab.rig import Rig, RigError, RigInterrupted
+from satlab.heap import retain_freed_memory
+from satlab.rig import Rig, RigError, RigInterrupted, UnsafeShutdown
 from satlab.rigfile import load_rig_file
 from satlab.sweeps import SweepOptionError
-from satlab.validation import ConfigError, DataError
+from satlab.validation import CheckpointError, ConfigError, DataError
 
 # torch and matplotlib load inside the commands that need them, so --help is instant.
 
@@ -83,9 +84,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg.data.source, cfg.data.data_dir = "idx", Path(args.data_dir).resolve()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir) if args.run_dir else cfg.runs_dir / f"{cfg.name}-{stamp}"
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise ConfigError(run_dir, "--run-dir", "exists and is not an empty folder: a new run "
+                              f"needs its own (to continue this one: satlab train --resume {run_dir})")
     spec = load_rig_file(cfg.rig)
     check_model_matches_rig(cfg, spec, config_path)
     data = _data(cfg, config_path)  # before the rig opens: bad data must not touch hardware
+    finished = {m: _verified_checkpoint(run_dir / m) for m in cfg.training.methods} \
+        if args.resume else {}  # a corrupt checkpoint stops here, before the rig opens
     print(f"data: {data.source}\nrig: {spec.name} ({cfg.rig})\nrun: {run_dir}")
     if not args.resume:
         write_run_files(run_dir, cfg, spec.model_dump(mode="json", exclude_none=True))
@@ -93,7 +99,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         with Rig(spec, cfg.rig) as rig:
             rig_start = rig.state_dict()
             for method in cfg.training.methods:
-                if (run_dir / method / "summary.json").exists():
+                state = finished.get(method)
+                if state and state["done"] and (run_dir / method / "summary.json").exists():
                     print(f"{method}: already finished")
                     continue
                 s = train_method(cfg, rig, data, run_dir, method, rig_start, progress=not args.quiet)
@@ -103,9 +110,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: the rig was put in its safe state.{_resume_hint(run_dir)}",
               file=sys.stderr)
         return 143 if isinstance(exc, RigInterrupted) else 130
-    except (ConfigError, DataError):
+    except (ConfigError, DataError, CheckpointError, UnsafeShutdown):
         raise
-    except Exception as exc:  # e.g. an instrument fault: the rig is safe, checkpoints intact
+    except Exception as exc:  # e.g. an instrument fault: the rig is safe (else UnsafeShutdown)
         print(f"error: {type(exc).__name__}: {exc}\nthe rig was put in its safe state."
               f"{_resume_hint(run_dir)}", file=sys.stderr)
         return 1
@@ -113,10 +120,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verified_checkpoint(method_dir: Path) -> dict | None:
+    """The state a method resumes from (None: it starts afresh); CheckpointError if unusable."""
+    from satlab import checkpoint
+
+    path = method_dir / "checkpoint.pt"
+    if not (path.exists() or checkpoint.previous(path).exists()):
+        return None
+    return checkpoint.load_latest(path)[0]
+
+
 def _resume_hint(run_dir: Path) -> str:
-    if not any((run_dir / m / "checkpoint.pt").exists() for m in ("sat", "plain")):
+    """The resume command, only where a checkpoint was read back and found usable."""
+    
+    try:
+        verified = [m.name for m in sorted(run_dir.glob("*/")) if _verified_checkpoint(m)]
+    except (CheckpointError, OSError):
+        return " No usable checkpoint was found."
+    if not verified:
         return ""
-    return f" The last checkpoint is intact; continue with\n  satlab train --resume {run_dir}"
+    return (f" The checkpoints of {', '.join(verified)} were read back and are usable; continue "
+            f"with\n  satlab train --resume {run_dir}")
 
 
 def _evaluated_run(target: Path) -> tuple[Path, RunConfig]:
@@ -143,17 +167,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     target = Path(args.run_dir)
     root, cfg = _evaluated_run(target)
     imperfections = _imperfections(cfg)
+    from satlab import checkpoint
+
     if args.list_imperfections:
         print(imperfection_table(imperfections))
         return 0
     # every option is checked before data loads or the rig opens
     axes = parse_axes(args.sweep, args.drift, cfg.evaluation.drift, imperfections)
-    runs = [r for r in ([target] if root != target else
-                        [root / m for m in cfg.training.methods]) if (r / "checkpoint.pt").exists()]
+    runs = [r for r in ([target] if root != target else [root / m for m in cfg.training.methods])
+            if (r / "checkpoint.pt").exists() or checkpoint.previous(r / "checkpoint.pt").exists()]
     if not runs:
         raise ConfigError(target, "", "no trained method with a checkpoint.pt found")
+    # read back before the rig opens: a corrupt file stops here
+    states = {run: checkpoint.load_latest(run / "checkpoint.pt", ("model", "done"))[0] for run in runs}
 
-    from satlab import checkpoint
     from satlab.evaluation import imperfection_sweep
     from satlab.report import method_runs, plot_sweep
     from satlab.sweeps import write_files
@@ -168,13 +195,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for run in runs:
             method = run.name
             tr = build_trainee(cfg, rig, method)
-            tr.model.load_state_dict(checkpoint.load(run / "checkpoint.pt")["model"])
+            state = states[run]
+            try:
+                tr.model.load_state_dict(state["model"])
+            except (RuntimeError, KeyError, TypeError) as exc:
+                raise CheckpointError(run / "checkpoint.pt", "does not fit this run's model "
+                                      f"({str(exc).splitlines()[0][:200]})") from None
             rows = imperfection_sweep(tr.model, rig, data.test_x, data.test_y, sweep.grid,
                                       sweep.draws, sweep.bn, sweep.batch_size,
                                       progress=not args.quiet)
-            results.append((f"{method} ({tr.estimator.name})", rows))
+            # an unfinished method is evaluated as it stands, labelled, and not marked done
+            partial = "" if state["done"] else f", partial: epoch {state.get('epoch')} step {state.get('step')}"
+            results.append((f"{method} ({tr.estimator.name}{partial})", rows))
             written += write_files(run, sweep, rows, method, tr.estimator.name, imperfections)
-            if sweep.is_drift_evaluation:  # what training recorded: keep summary.json current
+            if partial:
+                print(f"{method} has not finished training: this is a partial evaluation, "
+                      "and its summary.json is left as it was", file=sys.stderr)
+            elif sweep.is_drift_evaluation:  # what training recorded: keep summary.json current
                 _update_summary(run, method, tr, drift_results(cfg, tr, rig, data, rows))
     print(format_table(sweep, results))
     plot = root / f"{sweep.stem}.png"
@@ -307,11 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``satlab`` command."""
     args = build_parser().parse_args(argv)
+    retain_freed_memory()
     try:
         return args.func(args)
-    except (ConfigError, DataError, SweepOptionError) as exc:
+    except (ConfigError, DataError, SweepOptionError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except UnsafeShutdown as exc:
+        cause = exc.__cause__ or exc.__context__
+        after = f" after {type(cause).__name__}: {cause}" if cause else ""
+        print(f"error: {exc}{after}", file=sys.stderr)
+        return 1
     except RigError as exc:
         print(f"error: {exc} (the rig was left in its safe state)", file=sys.stderr)
         return 1

@@ -39,6 +39,17 @@ class RigLimitError(RigError, ValueError):
     """A requested value that the rig refuses to apply (NaN/inf or outside limits)."""
 
 
+class UnsafeShutdown(RigError):
+    """Instruments that could not be put in their safe state: they may still be driven."""
+
+    def __init__(self, failures: dict[str, str]) -> None:
+        self.failures = failures
+        names = ", ".join(failures)
+        reasons = "; ".join(f"{n}: {why}" for n, why in failures.items())
+        super().__init__(f"could not put {names} in the safe state ({reasons}); "
+                         "it may still be driven: check it before touching the bench")
+
+
 class RigInterrupted(BaseException):
     """Raised in the main thread on SIGTERM so the rig's exit path runs."""
 
@@ -157,6 +168,7 @@ class Rig:
         self._ready_at = 0.0  # perf_counter time when every write so far has settled
         self._quiet_until = 0.0  # no write before this: a detector is still integrating
         self._old_sigterm: Any = None
+        self.unsafe: dict[str, str] = {}  # after closing: instruments whose safe state failed
 
     @classmethod
     def from_file(cls, path: str | Path) -> Rig:
@@ -168,13 +180,17 @@ class Rig:
         self._install_sigterm()
         try:
             self._open()
-        except BaseException:
+        except BaseException as exc:
             self._shutdown()
+            if self.unsafe:
+                raise UnsafeShutdown(self.unsafe) from exc
             raise
         return self
 
     def __exit__(self, exc_type: type | None, *exc: object) -> None:
         deferred = self._shutdown()
+        if self.unsafe:  # outranks whatever ended the session: people must know
+            raise UnsafeShutdown(self.unsafe)
         if deferred is not None and exc_type is None:
             raise deferred  # a signal that arrived while the rig was being made safe
 
@@ -210,26 +226,35 @@ class Rig:
         return cls(**kwargs)
 
     def _shutdown(self) -> BaseException | None:
-        """Make every instrument safe, close everything; return a signal that came meanwhile."""
+        """Make every instrument safe, close everything; return a signal that came meanwhile.
+
+        Instruments whose safe state failed are left in ``self.unsafe`` (name: reason).
+        """
         deferred: list[BaseException] = []
+        self.unsafe = {}
         held = self._defer_signals(deferred)
         try:
             for name, dev in self.instruments.items():
-                steps = [dev.safe_state]
+                # one failing instrument must not keep the others unsafe, and a failed ramp
+                # must not skip the instrument's own safe state
                 if isinstance(dev, CurrentSource) and name in self.applied:
-                    steps.insert(0, lambda n=name, d=dev: self._apply_ramped(n, np.zeros(d.channels)))
-                for step in steps:  # a failed ramp must not skip the instrument's own safe state
                     try:
-                        step()
-                    except BaseException:  # one failing instrument must not keep others unsafe
-                        log.exception("could not put %s in its safe state", name)
-                self._log(name, "safe_state", None)
+                        self._apply_ramped(name, np.zeros(dev.channels))
+                    except BaseException as exc:
+                        log.warning("%s: ramp to zero failed (%s); its safe state follows", name, exc)
+                try:
+                    dev.safe_state()
+                except BaseException as exc:
+                    self.unsafe[name] = f"{type(exc).__name__}: {exc}"
+                if isinstance(dev, CurrentSource) and name not in self.unsafe:
+                    self._verify_zero(name, dev)
+                self._log(name, "safe_state_failed" if name in self.unsafe else "safe_state", None)
             for thing in [*self.instruments.values(), *self.resources.values()]:
                 try:
                     if hasattr(thing, "close"):
                         thing.close()
-                except BaseException:
-                    log.exception("closing %s failed", thing)
+                except BaseException as exc:
+                    log.warning("closing %s failed: %s", thing, exc)
             self.instruments.clear()
             self.resources.clear()
             self.applied.clear()
@@ -238,6 +263,16 @@ class Rig:
                 signal.signal(signum, handler)
             self._restore_sigterm()
         return deferred[0] if deferred else None
+
+    def _verify_zero(self, name: str, dev: CurrentSource) -> None:
+        """Read back a source after its safe state: only zero current counts as safe."""
+        try:
+            flowing = float(np.max(np.abs(dev.get_currents()), initial=0.0))
+        except BaseException as exc:
+            self.unsafe[name] = f"no read-back after the safe state ({type(exc).__name__}: {exc})"
+            return
+        if flowing != 0.0:
+            self.unsafe[name] = f"reads back {flowing * 1e3:.4g} mA after the safe state"
 
     def _defer_signals(self, deferred: list[BaseException]) -> dict[int, Any]:
         """Until restored, SIGINT/SIGTERM are only recorded: nothing may cut the way to safety."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from satlab.rig import Rig
 from satlab.rigfile import RigSpec
 from satlab.sat import SatController
 from satlab.systems import LayerBackend, system_for
-from satlab.validation import ConfigError
+from satlab.validation import CheckpointError, ConfigError
 
 METRIC_FIELDS = ["epoch", "step", "loss", "accuracy", "rig_queries", "rig_seconds", "wall_seconds"]
 
@@ -126,7 +127,10 @@ def restore(tr: Trainee, rig: Rig, state: dict) -> None:
 
 def _truncate_csv(path: Path, rows: int) -> None:
     """Drop rows logged after the checkpoint a resumed run restarts from."""
-    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    lines = path.read_text(errors="replace").splitlines(keepends=True) if path.exists() else []
+    if rows and len(lines) < rows + 1:
+        print(f"{path} holds {max(len(lines) - 1, 0)} rows where the checkpoint recorded {rows}: "
+              "the missing rows are lost, training continues", file=sys.stderr)
     path.write_text("".join(lines[: rows + 1]) if lines else "")
 
 
@@ -144,9 +148,16 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
     t = cfg.training
     epoch, start_step, rows, wall0 = 0, 0, 0, 0.0
     rig.load_state_dict(rig_start)
-    if ckpt_path.exists():
-        state = checkpoint.load(ckpt_path)
-        restore(tr, rig, state)
+    if ckpt_path.exists() or checkpoint.previous(ckpt_path).exists():
+        state, used = checkpoint.load_latest(ckpt_path)
+        if used != ckpt_path:
+            print(f"{ckpt_path} cannot be used; {method} resumes from {used.name} "
+                  f"(epoch {state['epoch']}, step {state['step']})", file=sys.stderr)
+        try:
+            restore(tr, rig, state)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise CheckpointError(used, "does not fit this run's model and rig "
+                                             f"({str(exc).splitlines()[0][:200]})") from None
         epoch, start_step, rows, wall0 = (state["epoch"], state["step"], state["metrics_rows"],
                                           state["wall_seconds"])
         _truncate_csv(metrics_path, rows)

@@ -20,6 +20,14 @@ class ConfigError(ValueError):
         super().__init__(where + expected)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: unreadable, truncated or not satlab's."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {reason}")
+
+
 class OptionError(ValueError):
     """A driver or simulator option with an unusable value (raised by ``check_options``)."""
 

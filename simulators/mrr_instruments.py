@@ -20,7 +20,7 @@ class SimulatedHeaterSource(CurrentSource):
     holds_stacks = True
 
     def __init__(self, resource: MrrBench, record: bool = False, trace_file: str | None = None,
-                 fail_after_writes: int | None = None) -> None:
+                 fail_after_writes: int | None = None, fault_persists: bool = False) -> None:
         self.bench = resource
         self.channels = resource.model.channels
         self.max_current = resource.model.params.max_current_A
@@ -30,8 +30,9 @@ class SimulatedHeaterSource(CurrentSource):
         # A line per change ("output max_current_A sum_current_A"), readable by another
         # process: how a test outside the process sees the device's last state.
         self.trace = open(trace_file, "a", buffering=1) if trace_file else None
-        # Fault injection: the n-th current write fails like a lost connection would.
-        self.fail_after_writes = fail_after_writes
+        # Fault injection: the n-th current write fails like a lost connection would; the
+        # fault clears after one failure, or (fault_persists) every later write fails too.
+        self.fail_after_writes, self.fault_persists = fail_after_writes, fault_persists
         self.writes = 0
         self._requested = np.zeros(self.channels)
 
@@ -51,7 +52,8 @@ class SimulatedHeaterSource(CurrentSource):
             raise ValueError("simulated source asked beyond its range")  # the rig should prevent
         if self.fail_after_writes is not None and self.writes + len(stack) > self.fail_after_writes:
             failed = self.fail_after_writes + 1
-            self.writes, self.fail_after_writes = failed, None  # the fault clears: safe state works
+            if not self.fault_persists:
+                self.writes, self.fail_after_writes = failed, None  # cleared: safe state works
             raise OSError(f"simulated heater source: no reply to write #{failed}")
         self.writes += len(stack)
         self._requested = stack[-1]

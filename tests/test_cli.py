@@ -75,6 +75,24 @@ def test_rig_check_identifies_every_instrument(tmp_path):
     assert "512 ch" in result.stdout and "left in their safe state" in result.stdout
 
 
+@pytest.mark.parametrize("persists", [False, True])
+def test_rig_check_claims_a_safe_state_only_when_it_was_reached(tmp_path, persists):
+    """The opening zero is write 1; the ramp down (write 2) fails, then the safe state
+    either works (the fault cleared) or fails too (a dead link)."""
+    rig = write_yaml(tmp_path / "rig.yaml", bank_rig(heater_options={
+        "fail_after_writes": 1, "fault_persists": persists}))
+    result = satlab("rig", "check", rig)
+    assert "Traceback" not in result.stderr
+    if persists:
+        assert result.returncode == 1
+        assert "could not put heaters in the safe state" in result.stderr
+        assert "no reply to write #2" in result.stderr
+        assert "safe state" not in result.stdout
+    else:
+        assert result.returncode == 0, result.stderr
+        assert "left in their safe state" in result.stdout
+
+
 def test_bad_config_exits_2_with_one_line(tmp_path):
     cfg = tiny_config(TWO_LAYER_RIG)
     cfg["training"]["batch_size"] = 0
