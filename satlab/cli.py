@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 
+from satlab import strict_json
 from satlab.config import DEFAULT_CONFIG, RunConfig, load_config
 from satlab.heap import retain_freed_memory
 from satlab.rig import Rig, RigError, RigInterrupted, UnsafeShutdown
@@ -38,7 +40,10 @@ EVALUATE_EPILOG = """examples:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
@@ -212,7 +217,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 print(f"{method} has not finished training: this is a partial evaluation, "
                       "and its summary.json is left as it was", file=sys.stderr)
             elif sweep.is_drift_evaluation:  # what training recorded: keep summary.json current
-                _update_summary(run, method, tr, drift_results(cfg, tr, rig, data, rows))
+                _update_summary(run, method, tr.estimator.name, sum(state.get("rig_queries", [])),
+                                drift_results(cfg, tr, rig, data, rows))
     print(format_table(sweep, results))
     plot = root / f"{sweep.stem}.png"
     if plot_sweep(sweep, results, plot):
@@ -226,12 +232,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _update_summary(run: Path, method: str, tr, result: dict) -> None:
+def _update_summary(run: Path, method: str, estimator: str, rig_queries: int,
+                    result: dict) -> None:
+    """Put a finished method's new drift results into its summary.json."""
     summary_path = run / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {
-        "method": method, "estimator": tr.estimator.name, "rig_queries": tr.rig_queries}
+    try:
+        summary = json.loads(summary_path.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError(f"holds a {type(summary).__name__}, not a mapping")
+    except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        print(f"{summary_path} was unreadable ({exc}); it is rewritten with what this "
+              "evaluation knows", file=sys.stderr)
+        summary = {"method": method, "estimator": estimator, "rig_queries": rig_queries}
     summary.update(result)
-    summary_path.write_text(json.dumps(summary, indent=2))
+    summary_path.write_text(strict_json.dumps(summary))
 
 
 def cmd_rig_check(args: argparse.Namespace) -> int:
@@ -278,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="satlab", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Sharpness-aware training (SAT) of physical neural networks on lab "
                     "instruments or their simulators.")
+    p.add_argument("--debug", action="store_true",
+                   help="on an error, print the Python traceback after the one-line message")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train SAT and/or plain on a rig, then evaluate under drift",
@@ -341,26 +357,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _attach_negative_grids(argv: list[str]) -> list[str]:
+    """``--drift -1:1:5`` as ``--drift=-1:1:5``: argparse takes a leading minus for an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--drift" and arg[:1] == "-" and arg[1:2].isdigit():
+            out[-1] = f"--drift={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``satlab`` command."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``satlab`` command: every outcome is one line and an exit code.
+
+    2 bad input (nothing touched), 1 an instrument or I/O fault, 130/143 SIGINT/SIGTERM;
+    ``--debug`` adds the traceback.
+    """
+    args = build_parser().parse_args(_attach_negative_grids(sys.argv[1:] if argv is None else argv))
     retain_freed_memory()
     try:
         return args.func(args)
-    except (ConfigError, DataError, SweepOptionError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except UnsafeShutdown as exc:
+    except BaseException as exc:  # the one error boundary of the command
+        code, message = _outcome(exc)
+        if code is None:
+            raise  # SystemExit
+        print(f"error: {message}" if code not in (130, 143) else message, file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        return code
+
+
+def _outcome(exc: BaseException) -> tuple[int | None, str]:
+    """Exit code and message for an exception that ended a command."""
+    if isinstance(exc, (ConfigError, DataError, SweepOptionError, CheckpointError)):
+        return 2, str(exc)
+    if isinstance(exc, UnsafeShutdown):
         cause = exc.__cause__ or exc.__context__
-        after = f" after {type(cause).__name__}: {cause}" if cause else ""
-        print(f"error: {exc}{after}", file=sys.stderr)
-        return 1
-    except RigError as exc:
-        print(f"error: {exc} (the rig was left in its safe state)", file=sys.stderr)
-        return 1
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1, str(exc) + (f" after {type(cause).__name__}: {cause}" if cause else "")
+    if isinstance(exc, RigError):
+        return 1, f"{exc} (the rig was left in its safe state)"
+    if isinstance(exc, OSError):  # a path that cannot be read or written (2); else an I/O fault
+        if exc.filename is None:
+            return 1, f"{type(exc).__name__}: {exc}"
+        return 2, f"{exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, (KeyboardInterrupt, RigInterrupted)):
+        return (130 if isinstance(exc, KeyboardInterrupt) else 143), \
+            "interrupted: any open rig was put in its safe state"
+    if isinstance(exc, SystemExit):
+        return None, ""
+    return 1, f"{type(exc).__name__}: {exc} (an internal error: --debug shows where)"
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from satlab.rigfile import Strict
+from satlab.rigfile import FinitePositive, Strict
 from satlab.validation import ConfigError, load_model
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
@@ -21,10 +22,18 @@ def parse_range(spec: str) -> list[float]:
             n = int(count)
             if n < 1:
                 raise ValueError
-            return [float(start) + (float(stop) - float(start)) * k / max(n - 1, 1) for k in range(n)]
-        return [float(v) for v in spec.split(",")]
+            values = [float(start) + (float(stop) - float(start)) * k / max(n - 1, 1)
+                      for k in range(n)]
+        else:
+            values = [float(v) for v in spec.split(",")]
     except ValueError:
         raise ValueError(f"expected 'start:stop:count' or 'a,b,c', got {spec!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"values must be finite numbers (no nan or inf), got {spec!r}")
+    return values
+
+
+FiniteNonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class DataConfig(Strict):
@@ -36,6 +45,14 @@ class DataConfig(Strict):
     test_per_class: PositiveInt = 100
     limit_train: PositiveInt | None = None  # idx only: first N training images
     limit_test: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _idx_fields_need_idx(self) -> DataConfig:
+        given = [f for f in ("data_dir", "limit_train", "limit_test") if getattr(self, f) is not None]
+        if self.source == "offline" and given:
+            raise ValueError(f"{', '.join(given)} apply to source: idx (full MNIST files); "
+                             "source: offline would ignore them")
+        return self
 
 
 class ModelConfig(Strict):
@@ -75,7 +92,7 @@ class EstimatorConfig(Strict):
     """How physical-layer gradients are estimated."""
 
     name: Literal["finite_difference", "spsa", "physics_aware", "twin_autograd"] = "finite_difference"
-    step: PositiveFloat = Field(2e-5, description="perturbation, in the controls' unit")
+    step: FinitePositive = Field(2e-5, description="perturbation, in the controls' unit")
     scheme: Literal["central", "forward"] = "central"
     directions: PositiveInt = Field(8, description="SPSA directions per layer and step")
     distribution: Literal["rademacher", "hadamard"] = Field(
@@ -99,11 +116,11 @@ class TrainingConfig(Strict):
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 64
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr_controls: PositiveFloat = Field(1e-4, description="A per step scale")
-    lr_digital: PositiveFloat = 1e-3
-    rho: NonNegativeFloat = 1.0
+    lr_controls: FinitePositive = Field(1e-4, description="A per step scale")
+    lr_digital: FinitePositive = 1e-3
+    rho: FiniteNonNegative = 1.0
     adaptive: bool = True
-    rho_digital: NonNegativeFloat = 0.0
+    rho_digital: FiniteNonNegative = 0.0
     seed: int = 0
     checkpoint_every: PositiveInt = 20
     log_every: PositiveInt = 5
@@ -125,7 +142,8 @@ class EvaluationConfig(Strict):
 class RunConfig(Strict):
     """A whole training config file."""
 
-    name: str = "run"
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="names the run folder: letters, digits, '.', '_', '-'")
     rig: Path
     runs_dir: Path = Path("runs")
     data: DataConfig = DataConfig()

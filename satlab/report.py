@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
+from pydantic import BaseModel, ConfigDict, FiniteFloat, NonNegativeInt
+
+from satlab.validation import ConfigError, load_model
 
 if TYPE_CHECKING:
     from satlab.sweeps import Sweep
@@ -30,6 +32,50 @@ def method_runs(paths: list[Path]) -> list[Path]:
     return found
 
 
+REPORT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+class DriftPoint(BaseModel):
+    """One point of a summary's drift sweep (accuracy null when it was not a number)."""
+
+    drift_K: FiniteFloat
+    accuracy: FiniteFloat | None
+
+
+class RunSummary(BaseModel):
+    """What a report reads from a method's summary.json; other keys are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+    method: str
+    estimator: str
+    rig_queries: NonNegativeInt
+    test_accuracy: FiniteFloat | None = None
+    drift_sweep: list[DriftPoint]
+
+
+def read_summary(run: Path) -> dict:
+    """A method folder's summary.json, checked; ConfigError naming the file and field."""
+    return load_model(run / "summary.json", RunSummary).model_dump()
+
+
+def read_loss_curve(run: Path) -> tuple[list[int], list[float]]:
+    """(rig queries, loss) per logged row of metrics.csv; ConfigError on a damaged file."""
+    path = run / "metrics.csv"
+    queries, losses = [], []
+    try:
+        with open(path, newline="") as f:
+            for line, row in enumerate(csv.DictReader(f), start=2):
+                try:
+                    queries.append(int(row["rig_queries"]))
+                    losses.append(float(row["loss"]))
+                except (KeyError, TypeError, ValueError):
+                    raise ConfigError(path, f"line {line}", "expected integer rig_queries and a "
+                                      f"numeric loss, got {dict(row)}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(path, "", f"cannot read this as a CSV file ({exc})") from None
+    return queries, losses
+
+
 def _label(run: Path, summary: dict, many_parents: bool) -> str:
     base = f"{summary['method']} ({summary['estimator']})"
     return f"{run.parent.name}/{base}" if many_parents else base
@@ -39,21 +85,22 @@ def make_report(paths: list[Path], out: Path) -> str:
     """Write a PNG comparing the runs and return a text table of their results."""
     runs = method_runs(paths)
     if not runs:
-        raise FileNotFoundError(f"no finished runs (summary.json + metrics.csv) under "
-                                f"{', '.join(map(str, paths))}")
-    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
+        raise ConfigError(", ".join(map(str, paths)), "", "no finished runs here "
+                          "(a method folder holds summary.json and metrics.csv)")
+    if out.suffix.lower() not in REPORT_SUFFIXES:
+        raise ConfigError(out, "-o", f"expected a file ending in {', '.join(REPORT_SUFFIXES)}")
+    summaries = [read_summary(r) for r in runs]
     many = len({r.parent for r in runs}) > 1
     fig, (ax_drift, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
     for run, s in zip(runs, summaries):
         sweep = s["drift_sweep"]
         label = _label(run, s, many)
-        ax_drift.plot([p["drift_K"] for p in sweep], [100 * p["accuracy"] for p in sweep], "o-",
-                      label=label)
-        with open(run / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
-        if rows:
-            ax_loss.plot([int(r["rig_queries"]) for r in rows], [float(r["loss"]) for r in rows],
-                         label=label, alpha=0.8)
+        ax_drift.plot([p["drift_K"] for p in sweep],
+                      [math.nan if p["accuracy"] is None else 100 * p["accuracy"] for p in sweep],
+                      "o-", label=label)
+        queries, losses = read_loss_curve(run)
+        if queries:
+            ax_loss.plot(queries, losses, label=label, alpha=0.8)
     ax_drift.set(xlabel="thermal drift dT (K)", ylabel="test accuracy (%)", ylim=(0, 100),
                  title="Accuracy under drift (eval mode, full test set)")
     ax_loss.set(xlabel="rig queries", ylabel="training loss (batch)",
@@ -73,7 +120,8 @@ def make_report(paths: list[Path], out: Path) -> str:
     lines = [header]
     for run, s in zip(runs, summaries):
         acc = {p["drift_K"]: p["accuracy"] for p in s["drift_sweep"]} or {None: s["test_accuracy"]}
-        cells = "".join(f"{100 * acc[d]:>8.1f}%" if d in acc else f"{'-':>9}" for d in drifts)
+        cells = "".join(f"{100 * acc[d]:>8.1f}%" if acc.get(d) is not None else f"{'-':>9}"
+                        for d in drifts)
         lines.append(f"{_label(run, s, many):<34}{cells}  {s['rig_queries']}")
     return "\n".join(lines)
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveFloat,
     SerializeAsAny,
     field_validator,
     model_validator,
@@ -27,14 +26,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+FinitePositive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+MAX_RAMP_WRITES = 10_000  # a ramp from zero to full scale must finish in this many writes
+MAX_SETTLE_S = 60.0  # longer waits per write are a typo (ms meant as s), not an instrument
+
+
 class Limits(Strict):
     """Current-source limits enforced by the rig's single write path."""
 
-    max_current: list[PositiveFloat] = Field(
+    max_current: list[FinitePositive] = Field(
         description="A per channel (one number for all, or one per channel)")
-    max_total_power: PositiveFloat | None = Field(None, description="W over all heaters")
-    heater_resistance_ohm: PositiveFloat | None = None
-    max_step: PositiveFloat | None = Field(None, description="A per write; larger moves ramp")
+    max_total_power: FinitePositive | None = Field(None, description="W over all heaters")
+    heater_resistance_ohm: FinitePositive | None = None
+    max_step: FinitePositive | None = Field(None, description="A per write; larger moves ramp")
     clip: bool = Field(False, description="clip out-of-range requests instead of rejecting")
 
     @field_validator("max_current", mode="before")
@@ -46,6 +50,10 @@ class Limits(Strict):
     def _power_needs_resistance(self) -> Limits:
         if self.max_total_power is not None and self.heater_resistance_ohm is None:
             raise ValueError("max_total_power needs heater_resistance_ohm to compute I^2 R")
+        if self.max_step is not None and max(self.max_current) / self.max_step > MAX_RAMP_WRITES:
+            raise ValueError(f"max_step {self.max_step:g} A would take more than {MAX_RAMP_WRITES} "
+                             f"writes to ramp across max_current {max(self.max_current):g} A; "
+                             f"expected at least {max(self.max_current) / MAX_RAMP_WRITES:g} A")
         return self
 
 
@@ -65,7 +73,8 @@ class InstrumentSpec(Strict):
     resource: str | None = None
     options: dict = {}
     limits: Limits | None = None
-    settle_time: float = Field(0.0, ge=0, description="s to wait after each write/read")
+    settle_time: float = Field(0.0, ge=0, le=MAX_SETTLE_S, allow_inf_nan=False,
+                               description="s to wait after each write/read")
 
     @model_validator(mode="after")
     def _limits_only_for_sources(self) -> InstrumentSpec:
@@ -122,6 +131,11 @@ def check_plugin(path: Path, field: str, name: str, placeholders: dict, options:
     try:
         inspect.signature(cls).bind(**placeholders, **options)
     except TypeError as exc:
+        for connection in ("resource", "address"):  # rig-file fields, not options
+            if f"'{connection}'" in str(exc) and connection not in placeholders:
+                raise ConfigError(path, f"{field}.{connection}",
+                                  f"{name} needs {'a resource' if connection == 'resource' else 'an address'}"
+                                  f" ({exc})") from None
         raise ConfigError(path, f"{field}.options", f"{exc} (for {name})") from None
     check = getattr(cls, "check_options", None)
     if check is not None:

@@ -9,12 +9,12 @@ plot is :func:`satlab.report.plot_sweep`.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from satlab import strict_json
 from satlab.config import parse_range
 
 if TYPE_CHECKING:
@@ -146,8 +146,6 @@ def parse_axes(sweeps: list[str] | None, drift: str | None, default_drift: str,
             values = parse_range(grid)
         except ValueError as exc:
             raise _option_error(option, str(exc), imperfections) from None
-        if not all(math.isfinite(v) for v in values):
-            raise _option_error(option, "values must be finite numbers (no nan or inf)", imperfections)
         axes.append(Axis(name, imperfections[name].unit, tuple(values)))
     return tuple(axes)
 
@@ -187,7 +185,7 @@ def write_files(folder: Path, sweep: Sweep, rows: list[dict], method: str, estim
         "rows": [{**{n: row[n] for n in names}, "accuracy": row["accuracy"], "std": row["std"],
                   "draw_accuracies": row["draws"]} for row in rows],
     }
-    json_path.write_text(json.dumps(record, indent=2))
+    json_path.write_text(strict_json.dumps(record))
     return [csv_path, json_path]
 
 

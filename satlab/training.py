@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 import time
@@ -17,6 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from satlab import checkpoint
+from satlab import strict_json
 from satlab.config import RunConfig, parse_range
 from satlab.data import Dataset, epoch_order
 from satlab.estimators import ESTIMATORS, GradientEstimator
@@ -48,7 +48,13 @@ def check_model_matches_rig(cfg: RunConfig, spec: RigSpec, config_path: Path | s
     """The config's physical layer sizes must be the rig's; checked before the rig opens."""
     if spec.system is None:
         raise ConfigError(cfg.rig, "system", "training needs a system section with physical layers")
-    layers, sizes = system_for(spec, cfg.rig).layer_shapes(), cfg.model.physical
+    system = system_for(spec, cfg.rig)
+    span = system.control_span()
+    if span is not None and cfg.estimator.step * 4 > span[0]:
+        raise ConfigError(config_path, "estimator.step",
+                          f"{cfg.estimator.step:g} {span[1]} leaves no room for probes: the rig's "
+                          f"controls span {span[0]:g} {span[1]}; expected at most a quarter of that")
+    layers, sizes = system.layer_shapes(), cfg.model.physical
     if len(layers) != len(sizes) - 1:
         raise ConfigError(config_path, "model.physical",
                           f"{len(sizes) - 1} physical layers described, but rig {cfg.rig} has {len(layers)}")
@@ -207,7 +213,7 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
         "controls": control_stats(tr),
     }
     summary.update(evaluate_trainee(cfg, tr, rig, data, parse_range(cfg.evaluation.drift), progress))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(strict_json.dumps(summary))
     return summary
 
 

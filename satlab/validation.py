@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import re
+import types
+import typing
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,24 +44,85 @@ class DataError(RuntimeError):
     """The requested data cannot be loaded; never replaced by random data."""
 
 
-def describe_validation_error(path: str | Path, err: ValidationError) -> ConfigError:
+def _unwrapped(kind: object) -> object:
+    """``X`` of ``X | None`` and of ``Annotated[X, ...]``."""
+    while True:
+        if typing.get_origin(kind) is typing.Annotated:
+            kind = typing.get_args(kind)[0]
+            continue
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) == 1:
+            kind = args[0]
+            continue
+        return kind
+
+
+def _field_names(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """The field names of the (sub-)model at ``loc`` inside ``model``, where they are known."""
+    kind: object = model
+    for step in loc:
+        kind = _unwrapped(kind)
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            field = kind.model_fields.get(str(step))
+            if field is None:
+                return []
+            kind = field.annotation
+        elif typing.get_origin(kind) in (dict, list):
+            kind = typing.get_args(kind)[-1]
+        else:
+            return []
+    kind = _unwrapped(kind)
+    return list(kind.model_fields) if isinstance(kind, type) and issubclass(kind, BaseModel) else []
+
+
+def describe_validation_error(path: str | Path, err: ValidationError,
+                              model: type[BaseModel] | None = None) -> ConfigError:
     """Turn pydantic's report into a ConfigError about the first problem."""
     errors = err.errors()
-    first = errors[0]
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    first = unknown[0] if unknown else errors[0]  # a misspelt key explains a "missing" one
     field = ".".join(str(p) for p in first["loc"]) or "(top level)"
     msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] not in ("missing", "extra_forbidden", "value_error") and "input" in first:
+    if unknown:
+        parent, key = first["loc"][:-1], str(first["loc"][-1])
+        missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == parent]
+        close = difflib.get_close_matches(key, missing or _field_names(model, parent), n=1)
+        msg = f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        errors = [e for e in errors if not (close and e["loc"] == (*parent, close[0]))]
+    elif first["type"] not in ("missing", "value_error") and "input" in first:
         msg += f" (got {first['input']!r})"
     if len(errors) > 1:
         msg += f" [+{len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}]"
     return ConfigError(path, field, msg)
 
 
+class StrictYamlLoader(yaml.SafeLoader):
+    """YAML with two traps removed: a key given twice is an error (not "last one wins"),
+    and numbers like 1e-2 are numbers (YAML 1.1 reads a float without a dot as a string)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (first on line {seen[key] + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def read_yaml(path: str | Path) -> dict:
     """Parse a YAML mapping, raising ConfigError for unreadable or non-mapping files."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=StrictYamlLoader)  # noqa: S506 (safe loader)
     except FileNotFoundError:
         raise ConfigError(path, "", "file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -77,4 +142,4 @@ def load_model(path: str | Path, model: type[M], data: dict | None = None) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise describe_validation_error(path, err) from None
+        raise describe_validation_error(path, err, model) from None

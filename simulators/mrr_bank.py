@@ -15,6 +15,8 @@ finite extinction).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
@@ -96,23 +98,47 @@ def preset_params(name: str, **overrides) -> MrrBankParams:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# physical range of each numeric parameter: (lowest, highest, whether lowest is allowed)
+_RANGES = {
+    "fwhm_nm": (0.0, math.inf, False), "tuning_efficiency": (0.0, math.inf, False),
+    "heater_resistance_ohm": (0.0, math.inf, False), "fabrication_std_nm": (0.0, math.inf, True),
+    "through_min": (0.0, 1.0, True), "drop_max": (0.0, 1.0, True),
+    "max_current_A": (0.0, math.inf, False), "input_full_scale_W": (0.0, math.inf, False),
+    "detector_noise_W": (0.0, math.inf, True), "shot_noise_bandwidth_Hz": (0.0, math.inf, True),
+    "responsivity_A_per_W": (0.0, math.inf, False),
+}
 
 
 def _checked_override(key: str, value: object) -> object:
-    """One MrrBankParams override from a rig file, in the dataclass's own types."""
+    """One MrrBankParams override from a rig file, in the dataclass's own types and ranges."""
     if key == "tuning":
         if value not in ("power", "current"):
             raise OptionError(key, f"expected 'power' or 'current', got {value!r}")
     elif key == "crosstalk":
-        if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
-            raise OptionError(key, f"expected a list of coupling fractions, got {value!r}")
+        if (not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value)
+                or 2 * sum(abs(v) for v in value) >= 1):
+            raise OptionError(key, "expected coupling fractions of the neighbours (a negative one "
+                                   "cools), of magnitudes together (both sides) below 1, "
+                                   f"got {value!r}")
         return tuple(float(v) for v in value)
-    elif key in ("adc_bits", "detector_full_scale_W"):
+    elif key == "adc_bits":
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool)
+                                      and 1 <= value <= 32):
+            raise OptionError(key, f"expected an integer from 1 to 32 or null, got {value!r}")
+    elif key == "detector_full_scale_W":
         if value is not None and not (_is_number(value) and value > 0):
             raise OptionError(key, f"expected a positive number or null, got {value!r}")
     elif not _is_number(value):
-        raise OptionError(key, f"expected a number, got {value!r}")
+        raise OptionError(key, f"expected a finite number, got {value!r}")
+    elif key in _RANGES:
+        low, high, low_ok = _RANGES[key]
+        if not ((value >= low if low_ok else value > low) and value <= high):
+            what = ("a non-negative number" if low_ok and high == math.inf else
+                    "a positive number" if high == math.inf else f"a number in [{low:g}, {high:g}]")
+            raise OptionError(key, f"expected {what}, got {value!r}")
     return value
 
 

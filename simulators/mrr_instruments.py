@@ -12,6 +12,11 @@ import torch
 from satlab.simulators.mrr_bank import MrrBench
 
 from satlab.instruments import CurrentSource, InputModulator, Photodetector
+from satlab.validation import OptionError
+
+
+def _count(value: object, lowest: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= lowest
 
 
 class SimulatedHeaterSource(CurrentSource):
@@ -35,6 +40,19 @@ class SimulatedHeaterSource(CurrentSource):
         self.fail_after_writes, self.fault_persists = fail_after_writes, fault_persists
         self.writes = 0
         self._requested = np.zeros(self.channels)
+
+    @staticmethod
+    def check_options(record: bool = False, trace_file: str | None = None,
+                      fail_after_writes: int | None = None, fault_persists: bool = False) -> None:
+        """Validate rig-file options without building a source."""
+        for name, value in (("record", record), ("fault_persists", fault_persists)):
+            if not isinstance(value, bool):
+                raise OptionError(name, f"expected true or false, got {value!r}")
+        if trace_file is not None and not isinstance(trace_file, str):
+            raise OptionError("trace_file", f"expected a file path, got {trace_file!r}")
+        if fail_after_writes is not None and not _count(fail_after_writes, 0):
+            raise OptionError("fail_after_writes", f"expected a non-negative integer or null, "
+                                                   f"got {fail_after_writes!r}")
 
     def identify(self) -> str:
         """Name the simulated device and its size."""
@@ -111,6 +129,12 @@ class SimulatedBalancedDetectors(Photodetector):
         self.bench = resource
         self.channels = resource.model.rows
         self.averages = averages
+
+    @staticmethod
+    def check_options(averages: int = 1) -> None:
+        """Validate rig-file options without building detectors."""
+        if not _count(averages, 1):
+            raise OptionError("averages", f"expected a positive integer, got {averages!r}")
 
     def identify(self) -> str:
         """Name the simulated device and its size."""

@@ -37,7 +37,7 @@ CASES = [
     (lambda d: d["instruments"]["heaters"]["limits"].update(max_total_power=1.0),
      "instruments.heaters.limits", "needs heater_resistance_ohm"),
     (lambda d: d["instruments"]["heaters"].update(settle=0.1),
-     "instruments.heaters.settle", "Extra inputs are not permitted"),
+     "instruments.heaters.settle", "unknown key 'settle' (did you mean 'settle_time'?)"),
     (lambda d: d["instruments"]["heaters"]["options"].update(recrod=True),
      "instruments.heaters.options", "unexpected keyword argument 'recrod'"),
     (lambda d: d["resources"]["chip"]["options"].update(rows="ten"),
@@ -49,7 +49,7 @@ CASES = [
     (lambda d: d["system"]["layers"][0]["twin"].update(driver="simulated.mrr_heaters"),
      "system.layers.0.twin.driver", "is not a digital twin"),
     (lambda d: d["system"]["layers"][0]["twin"]["options"].update(crosstalk="strong"),
-     "system.layers.0.twin.options.crosstalk", "expected a list of coupling fractions"),
+     "system.layers.0.twin.options.crosstalk", "expected coupling fractions of the neighbours"),
 ]
 
 

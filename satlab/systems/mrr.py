@@ -192,17 +192,32 @@ class MrrWeightBank(System):
                          (torch.nn.Module, "digital twin (torch module)"))
 
     def check_open(self, rig: Rig) -> None:
-        """Every layer's heater channels exist on its source."""
+        """Every layer's sizes match its modulator and detector, its heater channels exist."""
         for i, layer in enumerate(self.spec.layers):
+            where = f"system.layers.{i}"
+            for field, size, name in (("in_features", layer.in_features, layer.inputs),
+                                      ("out_features", layer.out_features, layer.detector)):
+                channels = rig.instruments[name].channels
+                if size != channels:
+                    raise ConfigError(self.path, f"{where}.{field}",
+                                      f"{size}, but {name} has {channels} channels")
             channels = rig.source(layer.heaters).channels
             if max(layer.channels) >= channels:
-                raise ConfigError(self.path, f"system.layers.{i}.heater_channels",
-                                  f"channel {max(layer.channels)} does not exist on {layer.heaters} "
-                                  f"({channels} channels)")
+                field, what = (("heater_channels", f"channel {max(layer.channels)} does")
+                               if layer.heater_channels is not None else
+                               ("in_features", f"in_features x out_features = {len(layer.channels)} "
+                                               "heaters do"))
+                raise ConfigError(self.path, f"{where}.{field}",
+                                  f"{what} not exist on {layer.heaters} ({channels} channels)")
 
     def layer_shapes(self) -> list[tuple[str, int, int]]:
         """(name, in, out) of every bank."""
         return [(layer.name, layer.in_features, layer.out_features) for layer in self.spec.layers]
+
+    def control_span(self) -> tuple[float, str]:
+        """The lowest max_current of the heater sources the banks use (currents start at 0)."""
+        sources = {layer.heaters for layer in self.spec.layers}
+        return min(min(self.rig_spec.instruments[s].limits.max_current) for s in sources), "A"
 
     def build_layers(self, rig: Rig) -> list[MrrLayerBackend]:
         """One backend per bank."""

@@ -164,6 +164,11 @@ class System(ABC):
     def layer_shapes(self) -> list[tuple[str, int, int]]:
         """(name, in_features, out_features) of every physical layer, from the rig file."""
 
+    def control_span(self) -> tuple[float, str] | None:
+        """The narrowest control range of any layer and its unit, from the rig file (None:
+        not known before the rig opens); a perturbation step must fit well inside it."""
+        return None
+
     @abstractmethod
     def build_layers(self, rig: Rig) -> list[LayerBackend]:
         """The layer backends of this system on an open rig."""

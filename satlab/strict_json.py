@@ -1,0 +1,23 @@
+"""JSON as the standard defines it: NaN and infinities written as null, never as bare words."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    """Indented, strictly valid JSON (a diverged loss is written as null)."""
+    return json.dumps(finite_or_none(obj), indent=2, allow_nan=False)
