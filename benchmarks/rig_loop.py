@@ -27,7 +27,7 @@ import torch
 
 from satlab.config import DEFAULT_CONFIG, load_config
 from satlab.data import load_offline_mnist
-from satlab.heap import retain_freed_memory
+from satlab.process import prepare_for_training
 from satlab.rig import Rig
 from satlab.rigfile import RigSpec, load_rig_file
 from satlab.training import build_trainee
@@ -101,8 +101,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--conv", default="", help="digital conv channels, e.g. 6,16 (default: none)")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    retain_freed_memory()  # as the satlab command does
+    prepare_for_training()  # as the satlab command does
     cfg = load_config(DEFAULT_CONFIG)
     cfg.model.conv_channels = [int(c) for c in args.conv.split(",") if c]
     data = load_offline_mnist(40, 1)

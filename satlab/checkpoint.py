@@ -35,9 +35,34 @@ def save_atomic(obj: Any, path: Path) -> None:
         if path.exists():  # a kill between the renames leaves the previous file: load_latest finds it
             os.replace(path, previous(path))
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:  # the renames themselves survive a power cut only once the folder is synced
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def exists(path: Path) -> bool:
+    """Whether ``path`` or the checkpoint before it is on disk."""
+    return Path(path).exists() or previous(path).exists()
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unusable newest checkpoint to *.damaged.pt, so the next save keeps the
+    previous one as the fallback instead of rotating the damaged file onto it."""
+    path = Path(path)
+    aside = path.with_name(f"{path.stem}.damaged{path.suffix}")
+    os.replace(path, aside)
+    return aside
+
+
+def misfit(path: Path, exc: Exception) -> CheckpointError:
+    """The error for a readable checkpoint whose tensors do not fit the run's model."""
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return CheckpointError(path, f"does not fit this run's model and rig ({first})")
 
 
 def load(path: Path, required: tuple[str, ...] = TRAINING_KEYS) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from satlab import strict_json
 from satlab.config import DEFAULT_CONFIG, RunConfig, load_config
-from satlab.heap import retain_freed_memory
+from satlab.process import prepare_for_training
 from satlab.rig import Rig, RigError, RigInterrupted, UnsafeShutdown
 from satlab.rigfile import load_rig_file
 from satlab.sweeps import SweepOptionError
@@ -71,6 +72,8 @@ def _report(run_dir: Path) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from satlab.training import check_model_matches_rig, train_method, write_run_files
 
+    prepare_for_training()
+
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
@@ -98,10 +101,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     finished = {m: _verified_checkpoint(run_dir / m) for m in cfg.training.methods} \
         if args.resume else {}  # a corrupt checkpoint stops here, before the rig opens
     print(f"data: {data.source}\nrig: {spec.name} ({cfg.rig})\nrun: {run_dir}")
-    if not args.resume:
-        write_run_files(run_dir, cfg, spec.model_dump(mode="json", exclude_none=True))
     try:
         with Rig(spec, cfg.rig) as rig:
+            if not args.resume:  # after opening: a rig that fails its open checks leaves no run
+                write_run_files(run_dir, cfg, spec.model_dump(mode="json", exclude_none=True))
             rig_start = rig.state_dict()
             for method in cfg.training.methods:
                 state = finished.get(method)
@@ -112,14 +115,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(f"{method}: test accuracy {100 * s['test_accuracy']:.2f}% "
                       f"({s['rig_queries']} rig queries, {s['wall_seconds']:.0f} s)")
     except (KeyboardInterrupt, RigInterrupted) as exc:
-        print(f"\ninterrupted: the rig was put in its safe state.{_resume_hint(run_dir)}",
+        print(f"\ninterrupted: the rig was put in its safe state.{_resume_hint(run_dir, cfg.training.methods)}",
               file=sys.stderr)
         return 143 if isinstance(exc, RigInterrupted) else 130
     except (ConfigError, DataError, CheckpointError, UnsafeShutdown):
         raise
     except Exception as exc:  # e.g. an instrument fault: the rig is safe (else UnsafeShutdown)
         print(f"error: {type(exc).__name__}: {exc}\nthe rig was put in its safe state."
-              f"{_resume_hint(run_dir)}", file=sys.stderr)
+              f"{_resume_hint(run_dir, cfg.training.methods)}", file=sys.stderr)
         return 1
     _report(run_dir)
     return 0
@@ -130,22 +133,23 @@ def _verified_checkpoint(method_dir: Path) -> dict | None:
     from satlab import checkpoint
 
     path = method_dir / "checkpoint.pt"
-    if not (path.exists() or checkpoint.previous(path).exists()):
-        return None
-    return checkpoint.load_latest(path)[0]
+    return checkpoint.load_latest(path)[0] if checkpoint.exists(path) else None
 
 
-def _resume_hint(run_dir: Path) -> str:
-    """The resume command, only where a checkpoint was read back and found usable."""
-    
-    try:
-        verified = [m.name for m in sorted(run_dir.glob("*/")) if _verified_checkpoint(m)]
-    except (CheckpointError, OSError):
-        return " No usable checkpoint was found."
-    if not verified:
+def _resume_hint(run_dir: Path, methods: list[str]) -> str:
+    """The resume command, only where every method's checkpoint (if any) reads back."""
+    read_back = []
+    for method in methods:
+        try:
+            if _verified_checkpoint(run_dir / method):
+                read_back.append(method)
+        except (CheckpointError, OSError):
+            return (f" The checkpoint of {method} does not read back: the run cannot be resumed "
+                    "as it is.")
+    if not read_back:
         return ""
-    return (f" The checkpoints of {', '.join(verified)} were read back and are usable; continue "
-            f"with\n  satlab train --resume {run_dir}")
+    return (f" The checkpoints of {', '.join(read_back)} read back; continue with\n"
+            f"  satlab train --resume {run_dir}")
 
 
 def _evaluated_run(target: Path) -> tuple[Path, RunConfig]:
@@ -172,15 +176,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     target = Path(args.run_dir)
     root, cfg = _evaluated_run(target)
     imperfections = _imperfections(cfg)
-    from satlab import checkpoint
-
     if args.list_imperfections:
         print(imperfection_table(imperfections))
         return 0
+    from satlab import checkpoint
+
+    prepare_for_training()
     # every option is checked before data loads or the rig opens
     axes = parse_axes(args.sweep, args.drift, cfg.evaluation.drift, imperfections)
     runs = [r for r in ([target] if root != target else [root / m for m in cfg.training.methods])
-            if (r / "checkpoint.pt").exists() or checkpoint.previous(r / "checkpoint.pt").exists()]
+            if checkpoint.exists(r / "checkpoint.pt")]
     if not runs:
         raise ConfigError(target, "", "no trained method with a checkpoint.pt found")
     # read back before the rig opens: a corrupt file stops here
@@ -204,8 +209,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             try:
                 tr.model.load_state_dict(state["model"])
             except (RuntimeError, KeyError, TypeError) as exc:
-                raise CheckpointError(run / "checkpoint.pt", "does not fit this run's model "
-                                      f"({str(exc).splitlines()[0][:200]})") from None
+                raise checkpoint.misfit(run / "checkpoint.pt", exc) from None
             rows = imperfection_sweep(tr.model, rig, data.test_x, data.test_y, sweep.grid,
                                       sweep.draws, sweep.bn, sweep.batch_size,
                                       progress=not args.quiet)
@@ -375,17 +379,21 @@ def main(argv: list[str] | None = None) -> int:
     ``--debug`` adds the traceback.
     """
     args = build_parser().parse_args(_attach_negative_grids(sys.argv[1:] if argv is None else argv))
-    retain_freed_memory()
     try:
         return args.func(args)
     except BaseException as exc:  # the one error boundary of the command
         code, message = _outcome(exc)
         if code is None:
             raise  # SystemExit
+        message = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
         print(f"error: {message}" if code not in (130, 143) else message, file=sys.stderr)
         if args.debug:
             traceback.print_exc()
         return code
+
+
+PATH_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST,
+               errno.ENAMETOOLONG, errno.EROFS, errno.ELOOP}
 
 
 def _outcome(exc: BaseException) -> tuple[int | None, str]:
@@ -397,10 +405,10 @@ def _outcome(exc: BaseException) -> tuple[int | None, str]:
         return 1, str(exc) + (f" after {type(cause).__name__}: {cause}" if cause else "")
     if isinstance(exc, RigError):
         return 1, f"{exc} (the rig was left in its safe state)"
-    if isinstance(exc, OSError):  # a path that cannot be read or written (2); else an I/O fault
-        if exc.filename is None:
-            return 1, f"{type(exc).__name__}: {exc}"
-        return 2, f"{exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, OSError):
+        if exc.filename is not None and exc.errno in PATH_ERRNOS:  # a path given that cannot be used
+            return 2, f"{exc.filename}: {exc.strerror}"
+        return 1, f"{type(exc).__name__}: {exc}"  # an I/O fault: a full disk, a lost port
     if isinstance(exc, (KeyboardInterrupt, RigInterrupted)):
         return (130 if isinstance(exc, KeyboardInterrupt) else 143), \
             "interrupted: any open rig was put in its safe state"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from satlab.rigfile import FinitePositive, Strict
-from satlab.validation import ConfigError, load_model
+from satlab.rigfile import Strict
+from satlab.validation import ConfigError, FiniteNonNegative, FinitePositive, load_model
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
@@ -31,9 +31,6 @@ def parse_range(spec: str) -> list[float]:
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"values must be finite numbers (no nan or inf), got {spec!r}")
     return values
-
-
-FiniteNonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class DataConfig(Strict):
@@ -121,7 +118,7 @@ class TrainingConfig(Strict):
     rho: FiniteNonNegative = 1.0
     adaptive: bool = True
     rho_digital: FiniteNonNegative = 0.0
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     checkpoint_every: PositiveInt = 20
     log_every: PositiveInt = 5
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
-from pydantic import BaseModel, ConfigDict, FiniteFloat, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, FiniteFloat, NonNegativeInt, ValidationError
 
-from satlab.validation import ConfigError, load_model
+from satlab.validation import ConfigError, describe_validation_error
 
 if TYPE_CHECKING:
     from satlab.sweeps import Sweep
@@ -55,7 +55,13 @@ class RunSummary(BaseModel):
 
 def read_summary(run: Path) -> dict:
     """A method folder's summary.json, checked; ConfigError naming the file and field."""
-    return load_model(run / "summary.json", RunSummary).model_dump()
+    path = run / "summary.json"
+    try:
+        return RunSummary.model_validate_json(path.read_bytes()).model_dump()
+    except ValidationError as err:
+        raise describe_validation_error(path, err, RunSummary) from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read it ({exc.strerror})") from None
 
 
 def read_loss_curve(run: Path) -> tuple[list[int], list[float]]:

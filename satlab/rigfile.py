@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import (
     BaseModel,
@@ -17,7 +17,7 @@ from pydantic import (
 
 from satlab import registry
 from satlab.instruments import INTERFACES
-from satlab.validation import ConfigError, OptionError, load_model, read_yaml
+from satlab.validation import ConfigError, FinitePositive, OptionError, load_model, read_yaml
 
 
 class Strict(BaseModel):
@@ -26,7 +26,6 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-FinitePositive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 MAX_RAMP_WRITES = 10_000  # a ramp from zero to full scale must finish in this many writes
 MAX_SETTLE_S = 60.0  # longer waits per write are a typo (ms meant as s), not an instrument
 

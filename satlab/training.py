@@ -27,7 +27,7 @@ from satlab.rig import Rig
 from satlab.rigfile import RigSpec
 from satlab.sat import SatController
 from satlab.systems import LayerBackend, system_for
-from satlab.validation import CheckpointError, ConfigError
+from satlab.validation import ConfigError
 
 METRIC_FIELDS = ["epoch", "step", "loss", "accuracy", "rig_queries", "rig_seconds", "wall_seconds"]
 
@@ -50,7 +50,8 @@ def check_model_matches_rig(cfg: RunConfig, spec: RigSpec, config_path: Path | s
         raise ConfigError(cfg.rig, "system", "training needs a system section with physical layers")
     system = system_for(spec, cfg.rig)
     span = system.control_span()
-    if span is not None and cfg.estimator.step * 4 > span[0]:
+    probes = cfg.estimator.name in ("finite_difference", "spsa")  # the others never perturb
+    if probes and span is not None and cfg.estimator.step * 4 > span[0]:
         raise ConfigError(config_path, "estimator.step",
                           f"{cfg.estimator.step:g} {span[1]} leaves no room for probes: the rig's "
                           f"controls span {span[0]:g} {span[1]}; expected at most a quarter of that")
@@ -154,16 +155,17 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
     t = cfg.training
     epoch, start_step, rows, wall0 = 0, 0, 0, 0.0
     rig.load_state_dict(rig_start)
-    if ckpt_path.exists() or checkpoint.previous(ckpt_path).exists():
+    if checkpoint.exists(ckpt_path):
         state, used = checkpoint.load_latest(ckpt_path)
         if used != ckpt_path:
-            print(f"{ckpt_path} cannot be used; {method} resumes from {used.name} "
-                  f"(epoch {state['epoch']}, step {state['step']})", file=sys.stderr)
+            aside = checkpoint.set_aside(ckpt_path) if ckpt_path.exists() else None
+            print(f"{ckpt_path} cannot be used{f' (kept as {aside.name})' if aside else ''}; "
+                  f"{method} resumes from {used.name} (epoch {state['epoch']}, step "
+                  f"{state['step']})", file=sys.stderr)
         try:
             restore(tr, rig, state)
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-            raise CheckpointError(used, "does not fit this run's model and rig "
-                                             f"({str(exc).splitlines()[0][:200]})") from None
+            raise checkpoint.misfit(used, exc) from None
         epoch, start_step, rows, wall0 = (state["epoch"], state["step"], state["metrics_rows"],
                                           state["wall_seconds"])
         _truncate_csv(metrics_path, rows)

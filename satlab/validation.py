@@ -7,12 +7,16 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+FinitePositive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+FiniteNonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class ConfigError(ValueError):
@@ -86,10 +90,11 @@ def describe_validation_error(path: str | Path, err: ValidationError,
     if unknown:
         parent, key = first["loc"][:-1], str(first["loc"][-1])
         missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == parent]
-        close = difflib.get_close_matches(key, missing or _field_names(model, parent), n=1)
+        close = (difflib.get_close_matches(key, missing, n=1)
+                 or difflib.get_close_matches(key, _field_names(model, parent), n=1))
         msg = f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
         errors = [e for e in errors if not (close and e["loc"] == (*parent, close[0]))]
-    elif first["type"] not in ("missing", "value_error") and "input" in first:
+    elif first["type"] not in ("missing", "value_error", "json_invalid") and "input" in first:
         msg += f" (got {first['input']!r})"
     if len(errors) > 1:
         msg += f" [+{len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}]"
@@ -104,6 +109,9 @@ class StrictYamlLoader(yaml.SafeLoader):
         seen: dict = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must be a name or a number, got {key!r}", key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice (first on line {seen[key] + 1})",
@@ -114,8 +122,8 @@ class StrictYamlLoader(yaml.SafeLoader):
 
 StrictYamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"))
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -142,16 +142,19 @@ def _checked_override(key: str, value: object) -> object:
     return value
 
 
+MAX_SIDE = 4096  # rings per bank side: larger is a typo, and would allocate gigabytes
+
+
 def bank_model(rows: int, cols: int, preset: str = "paper_system1", seed: int = 0,
                **overrides) -> MrrBankModel:
     """The bank model that rig-file options describe; OptionError names a bad option."""
     for key, value in (("rows", rows), ("cols", cols)):
-        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-            raise OptionError(key, f"expected a positive integer, got {value!r}")
+        if not (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_SIDE):
+            raise OptionError(key, f"expected a positive integer up to {MAX_SIDE}, got {value!r}")
     if preset not in PRESETS:
         raise OptionError("preset", f"expected one of {', '.join(sorted(PRESETS))}, got {preset!r}")
-    if not (isinstance(seed, int) and not isinstance(seed, bool)):
-        raise OptionError("seed", f"expected an integer, got {seed!r}")
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32):
+        raise OptionError("seed", f"expected an integer from 0 to 2**32 - 1, got {seed!r}")
     known = {f.name for f in fields(MrrBankParams)}
     for key in overrides:
         if key not in known:
@@ -307,8 +310,9 @@ class MrrBench:
     @staticmethod
     def check_options(noise_seed: int | None = None, **options) -> None:
         """Validate rig-file options without building a bench."""
-        if noise_seed is not None and not (isinstance(noise_seed, int) and not isinstance(noise_seed, bool)):
-            raise OptionError("noise_seed", f"expected an integer, got {noise_seed!r}")
+        if noise_seed is not None and not (isinstance(noise_seed, int) and not isinstance(noise_seed, bool)
+                                           and 0 <= noise_seed < 2**32):
+            raise OptionError("noise_seed", f"expected an integer from 0 to 2**32 - 1, got {noise_seed!r}")
         bank_model(**options)
 
     def read(self, averages: int = 1) -> torch.Tensor:

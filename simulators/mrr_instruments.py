@@ -133,8 +133,8 @@ class SimulatedBalancedDetectors(Photodetector):
     @staticmethod
     def check_options(averages: int = 1) -> None:
         """Validate rig-file options without building detectors."""
-        if not _count(averages, 1):
-            raise OptionError("averages", f"expected a positive integer, got {averages!r}")
+        if not (_count(averages, 1) and averages <= 10_000):
+            raise OptionError("averages", f"expected a positive integer up to 10000, got {averages!r}")
 
     def identify(self) -> str:
         """Name the simulated device and its size."""

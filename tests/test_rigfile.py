@@ -41,7 +41,7 @@ CASES = [
     (lambda d: d["instruments"]["heaters"]["options"].update(recrod=True),
      "instruments.heaters.options", "unexpected keyword argument 'recrod'"),
     (lambda d: d["resources"]["chip"]["options"].update(rows="ten"),
-     "resources.chip.options.rows", "expected a positive integer, got 'ten'"),
+     "resources.chip.options.rows", "expected a positive integer up to 4096, got 'ten'"),
     (lambda d: d["resources"]["chip"]["options"].update(preset="nope"),
      "resources.chip.options.preset", "expected one of paper_system1, tait_bank"),
     (lambda d: d["resources"]["chip"]["options"].update(fwhm=0.3),
