@@ -113,7 +113,8 @@ def make_report(paths: list[Path], out: Path) -> str:
                 title="Training loss vs measurement cost", yscale="log")
     for ax in (ax_drift, ax_loss):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a run with an empty sweep or metrics has none
+            ax.legend()
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
