@@ -58,6 +58,13 @@ def test_evaluate_updates_drift_sweep(trained):
     assert "dT=1.5" in result.stdout
 
 
+def test_evaluate_takes_a_drift_grid_that_starts_below_zero(trained):
+    _, run = trained
+    result = satlab("evaluate", run / "sat", "--drift", "-0.5:0.5:3", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "dT=-0.5" in result.stdout and "dT=0.5" in result.stdout
+
+
 def test_report_compares_runs(trained, tmp_path):
     _, run = trained
     out = tmp_path / "cmp.png"
