@@ -290,6 +290,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_emulate(args: argparse.Namespace) -> int:
+    from satlab import registry
+
+    emulator = registry.lookup(f"emulated.{args.instrument}")(modules=args.modules)
+    port = emulator.start()
+    print(f"emulated {args.instrument} ({emulator.channels} channels) on {port}\n"
+          f"in a rig file:  driver: qontrol.{args.instrument}   address: {port}\n"
+          "Ctrl-C stops it", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        emulator.stop()
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(
@@ -358,6 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("-o", "--output", help="PNG path (default: RUN_DIR/report.png for one run, "
                                             "./report.png for several)")
     rep.set_defaults(func=cmd_report)
+
+    em = sub.add_parser("emulate", help="serve an emulated instrument on a serial port (a pty)",
+                        description="Start a protocol emulator of an instrument on a new "
+                                    "pseudo-terminal, a real OS serial port, and print its path: "
+                                    "point a rig file's address at it to run the real driver "
+                                    "without hardware. Runs until Ctrl-C.")
+    em.add_argument("instrument", choices=["q8iv"], help="q8iv: a Qontrol Q8iv heater driver")
+    em.add_argument("--modules", type=_positive_int, default=1,
+                    help="modules in the daisy chain, 8 channels each (default 1)")
+    em.set_defaults(func=cmd_emulate)
     return p
 
 

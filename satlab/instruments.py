@@ -12,6 +12,14 @@ from typing import ClassVar
 import numpy as np
 
 
+class InstrumentFault(RuntimeError):
+    """An instrument did not do what it was told (error reply, garbage, timeout, lost port)."""
+
+    def __init__(self, instrument: str, command: str, reply: str) -> None:
+        self.instrument, self.command, self.reply = instrument, command, reply
+        super().__init__(f"{instrument}: {command!r} -> {reply}")
+
+
 class Instrument(ABC):
     """Anything a rig file can name: identifies itself and has a safe state."""
 
@@ -49,6 +57,13 @@ class CurrentSource(Instrument):
     @abstractmethod
     def set_output(self, enabled: bool) -> None:
         """Switch all outputs on or off."""
+
+    def apply_limits(self, max_current: np.ndarray) -> None:
+        """Program the instrument's own current limit per channel (A), where it has one.
+
+        The rig calls this on opening with the rig file's limits; the rig's guard stays
+        the choke point, the firmware limit is a second line of defence.
+        """
 
     def set_current_stack(self, stack: np.ndarray) -> None:
         """Hold every row of ``stack`` (P, channels) at once, if ``holds_stacks``.

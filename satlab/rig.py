@@ -209,6 +209,7 @@ class Rig:
             system_for(self.spec, self.path).check_open(self)
         for name, dev in self.instruments.items():
             if isinstance(dev, CurrentSource):
+                dev.apply_limits(self.guards[name].max_current)
                 # Enabling an output applies its setpoint: bring the setpoint to zero
                 # through the guard first (ramped from what is flowing now).
                 self.applied[name] = np.asarray(dev.get_currents(), dtype=float)

@@ -1,0 +1,1 @@
+"""Qontrol multichannel heater drivers."""

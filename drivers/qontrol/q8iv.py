@@ -1,0 +1,185 @@
+"""Qontrol Q8iv-class multichannel heater driver over a serial line.
+
+``Q8iv`` is the line protocol as a pymeasure instrument (one channel per output, as
+many as the daisy chain reports); ``Q8ivSource`` is satlab's CurrentSource on top of
+it: amps in, milliamps on the wire, every write read back, the firmware's current
+limit programmed from the rig file's. Every failure (an error reply, garbage, no
+reply in time, a lost port) raises one InstrumentFault naming the instrument, the
+command and the reply.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+from pymeasure.adapters import SerialAdapter
+from pymeasure.instruments import Channel, Instrument
+
+from satlab.instruments import CurrentSource, InstrumentFault
+
+ERRORS = {1: "over-voltage", 2: "over-current", 10: "unknown command", 11: "bad parameter",
+          12: "bad channel"}
+_ERROR = re.compile(r"^E(\d+):(\d+)$")
+_ASRL = re.compile(r"^ASRL(.+)::INSTR$", re.IGNORECASE)
+CHANNELS_PER_MODULE = 8
+
+
+class Q8ivChannel(Channel):
+    """One heater output."""
+
+    current_mA = Channel.control("I{ch}?", "I{ch}=%.4f", "Output current setpoint (mA).",
+                                 check_set_errors=True)
+    voltage_V = Channel.measurement("V{ch}?", "Output voltage (V).")
+    current_limit_mA = Channel.control("IMAX{ch}?", "IMAX{ch}=%.4f", "Firmware current limit (mA).",
+                                       check_set_errors=True)
+
+
+class Q8iv(Instrument):
+    """The Q8iv line protocol: ``\\n``-terminated ASCII, ``OK`` to every setting."""
+
+    def __init__(self, adapter, name: str = "Qontrol Q8iv", **kwargs) -> None:
+        super().__init__(adapter, name, includeSCPI=False, read_termination="\n",
+                         write_termination="\n", **kwargs)
+        self._last = "(opening)"
+        self.n_channels = self._count("nchan?")
+        for ch in range(self.n_channels):
+            self.add_child(Q8ivChannel, ch)
+
+    identity = Instrument.measurement("id?", "Type and serial of the first module.", cast=str)
+    full_scale_mA = Instrument.measurement("ifull?", "Full-scale current (mA).")
+    full_scale_V = Instrument.measurement("vfull?", "Full-scale voltage (V).")
+
+    def write(self, command: str, **kwargs) -> None:
+        """Send one command after reading whatever the device sent unprompted."""
+        self._drain()
+        self._last = command
+        try:
+            super().write(command, **kwargs)
+        except OSError as exc:
+            raise InstrumentFault(self.name, command, f"the port failed ({exc})") from None
+
+    def read(self, **kwargs) -> str:
+        """One reply line; InstrumentFault for an error line, silence or a lost port."""
+        try:
+            reply = super().read(**kwargs).strip()
+        except OSError as exc:
+            raise InstrumentFault(self.name, self._last, f"the port failed ({exc})") from None
+        if not reply:
+            raise InstrumentFault(self.name, self._last, "no reply before the timeout")
+        self._raise_error_line(reply)
+        return reply
+
+    def check_set_errors(self) -> list:
+        """A setting is answered ``OK`` and nothing else."""
+        reply = self.read()
+        if reply != "OK":
+            raise InstrumentFault(self.name, self._last, f"unexpected reply {reply!r}")
+        return []
+
+    def lines(self, command: str, count: int) -> list[str]:
+        """Send a command answered by ``count`` lines (Iall?, Vall?, nupall?)."""
+        self.write(command)
+        return [self.read() for _ in range(count)]
+
+    def numbers(self, command: str, count: int) -> list[float]:
+        """``lines`` parsed as numbers; garbage is a fault."""
+        return [self._number(line) for line in self.lines(command, count)]
+
+    def _count(self, command: str) -> int:
+        value = self._number(self.ask(command))
+        if value != int(value) or value < 1:
+            raise InstrumentFault(self.name, command, f"expected a positive count, got {value:g}")
+        return int(value)
+
+    def _number(self, reply: str) -> float:
+        try:
+            value = float(reply)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise InstrumentFault(self.name, self._last, f"expected a number, got {reply!r}")
+        return value
+
+    def _raise_error_line(self, line: str, unprompted: bool = False) -> None:
+        if match := _ERROR.match(line):
+            code, ch = int(match.group(1)), int(match.group(2))
+            what = f"error {line} ({ERRORS.get(code, 'device error')} on channel {ch})"
+            raise InstrumentFault(self.name, "(unprompted)" if unprompted else self._last, what)
+
+    def _drain(self) -> None:
+        connection = self.adapter.connection
+        try:
+            while getattr(connection, "in_waiting", 0):
+                line = connection.readline().decode("ascii", "replace").strip()
+                self._raise_error_line(line, unprompted=True)
+        except OSError as exc:
+            raise InstrumentFault(self.name, "(reading unprompted lines)",
+                                  f"the port failed ({exc})") from None
+
+
+def serial_port(address: str) -> str:
+    """The OS serial port of a rig-file address: ``/dev/ttyUSB0`` or ``ASRL/dev/ttyUSB0::INSTR``."""
+    match = _ASRL.match(address)
+    return match.group(1) if match else address
+
+
+class Q8ivSource(CurrentSource):
+    """A Q8iv daisy chain as satlab's current source (A in, every write read back)."""
+
+    def __init__(self, address: str, baud_rate: int = 115200, timeout_s: float = 1.0,
+                 modules: int | None = None) -> None:
+        adapter = SerialAdapter(serial_port(address), baudrate=baud_rate, timeout=timeout_s,
+                                read_termination="\n", write_termination="\n")
+        try:
+            self.device = Q8iv(adapter, name=f"Q8iv at {address}")
+            self.channels = self.device.n_channels
+            if modules is not None and self.channels != modules * CHANNELS_PER_MODULE:
+                raise InstrumentFault(self.device.name, "nchan?", f"{self.channels} channels, but "
+                                      f"the rig file says {modules} modules of 8")
+            full_scale_mA = self.device.full_scale_mA
+            self.max_current = full_scale_mA * 1e-3
+            # a setting is stored with 4 decimals: read-back agrees to that, or to one DAC step
+            self._tolerance_mA = max(full_scale_mA / 2**16, 1e-4)
+        except BaseException:
+            adapter.close()
+            raise
+        self._written = np.full(self.channels, np.nan)
+
+    def identify(self) -> str:
+        """The first module's id and the chain behind it."""
+        self.device.write("nup=0")
+        self.device.check_set_errors()
+        chain = self.device.lines("nupall?", self.channels // CHANNELS_PER_MODULE)
+        return f"{self.device.identity} ({self.channels} channels; chain: {', '.join(chain)})"
+
+    def apply_limits(self, max_current: np.ndarray) -> None:
+        """Program each channel's firmware limit (IMAX) to the rig file's."""
+        for ch, limit in zip(self.device.channels.values(), np.broadcast_to(max_current, self.channels)):
+            ch.current_limit_mA = float(limit) * 1e3
+
+    def set_currents(self, currents: np.ndarray) -> None:
+        """Write every channel whose setpoint changes, and read each one back."""
+        for k in np.flatnonzero(~(np.asarray(currents) == self._written)):
+            ch, target_mA = self.device.channels[int(k)], float(currents[k]) * 1e3
+            ch.current_mA = target_mA
+            self._written[k] = np.nan  # unknown until the read-back agrees
+            got = ch.current_mA
+            if abs(got - target_mA) > self._tolerance_mA:
+                raise InstrumentFault(self.device.name, f"I{k}?", f"read back {got:g} mA after "
+                                      f"setting {target_mA:g} mA")
+            self._written[k] = currents[k]
+
+    def get_currents(self) -> np.ndarray:
+        """Every channel's current (A), one ``Iall?``."""
+        return np.array(self.device.numbers("Iall?", self.channels)) * 1e-3
+
+    def set_output(self, enabled: bool) -> None:
+        """The Q8iv has no output switch: off means every channel at zero."""
+        if not enabled:
+            self.set_currents(np.zeros(self.channels))
+
+    def close(self) -> None:
+        """Release the serial port."""
+        self.device.adapter.close()
