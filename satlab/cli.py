@@ -12,6 +12,7 @@ from pathlib import Path
 
 from satlab import strict_json
 from satlab.config import DEFAULT_CONFIG, RunConfig, load_config
+from satlab.instruments import InstrumentFault
 from satlab.process import prepare_for_training
 from satlab.rig import Rig, RigError, RigInterrupted, UnsafeShutdown
 from satlab.rigfile import load_rig_file
@@ -429,7 +430,7 @@ def _outcome(exc: BaseException) -> tuple[int | None, str]:
     if isinstance(exc, UnsafeShutdown):
         cause = exc.__cause__ or exc.__context__
         return 1, str(exc) + (f" after {type(cause).__name__}: {cause}" if cause else "")
-    if isinstance(exc, RigError):
+    if isinstance(exc, (RigError, InstrumentFault)):  # raised inside a rig: it was made safe
         return 1, f"{exc} (the rig was left in its safe state)"
     if isinstance(exc, OSError):
         if exc.filename is not None and exc.errno in PATH_ERRNOS:  # a path given that cannot be used

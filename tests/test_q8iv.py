@@ -169,3 +169,14 @@ def test_satlab_emulate_serves_a_port_until_ctrl_c(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0, proc.stderr.read()
+
+
+def test_rig_check_on_a_dead_port_is_one_line_naming_the_instrument(emulator, tmp_path, capsys):
+    rig = write_yaml(tmp_path / "rig.yaml", q8iv_rig(emulator.port))
+    emulator.drop()
+    assert main(["rig", "check", str(rig)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    # the port is gone (opening fails) or still listed but silent (the first query fails)
+    assert re.match(rf"error: Q8iv at ASRL{emulator.port}::INSTR: '(\(opening the port\)|nchan\?)' -> ",
+                    err[0]), err[0]

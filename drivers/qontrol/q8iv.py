@@ -130,10 +130,14 @@ class Q8ivSource(CurrentSource):
 
     def __init__(self, address: str, baud_rate: int = 115200, timeout_s: float = 1.0,
                  modules: int | None = None) -> None:
-        adapter = SerialAdapter(serial_port(address), baudrate=baud_rate, timeout=timeout_s,
-                                read_termination="\n", write_termination="\n")
+        name = f"Q8iv at {address}"
         try:
-            self.device = Q8iv(adapter, name=f"Q8iv at {address}")
+            adapter = SerialAdapter(serial_port(address), baudrate=baud_rate, timeout=timeout_s,
+                                    read_termination="\n", write_termination="\n")
+        except OSError as exc:  # pyserial's SerialException: no such port, busy, no permission
+            raise InstrumentFault(name, "(opening the port)", str(exc)) from None
+        try:
+            self.device = Q8iv(adapter, name=name)
             self.channels = self.device.n_channels
             if modules is not None and self.channels != modules * CHANNELS_PER_MODULE:
                 raise InstrumentFault(self.device.name, "nchan?", f"{self.channels} channels, but "
