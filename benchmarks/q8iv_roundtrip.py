@@ -18,7 +18,6 @@ import time
 import numpy as np
 import serial
 from pymeasure.adapters import SerialAdapter
-
 from satlab.drivers.qontrol.q8iv import Q8iv, Q8ivSource
 from satlab.simulators.q8iv_emulator import Q8ivEmulator
 

@@ -14,13 +14,13 @@ from conftest import SATLAB, write_yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymeasure.test import expected_protocol
+from satlab.drivers.qontrol.q8iv import Q8iv, Q8ivSource, serial_port
+from satlab.simulators.q8iv_emulator import Q8ivEmulator
 
 from satlab.cli import main
-from satlab.drivers.qontrol.q8iv import Q8iv, Q8ivSource, serial_port
 from satlab.instruments import InstrumentFault
 from satlab.rig import Rig, RigLimitError
 from satlab.rigfile import RigSpec
-from satlab.simulators.q8iv_emulator import Q8ivEmulator
 
 QUIET = {"in_waiting": 0}  # nothing unprompted in the input buffer
 
