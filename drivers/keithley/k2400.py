@@ -1,0 +1,82 @@
+"""Keithley 2400 SourceMeter as a one-channel current source, on pymeasure's Keithley2400.
+
+Opening puts it in current-source mode with the compliance voltage of the rig file;
+every setting is read back; the safe state is zero current and the output off. An
+address ending in ``@sim`` runs the same driver through pyvisa against the pyvisa-sim
+simulation shipped beside this module (``sim.yaml``), with no hardware.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from pymeasure.instruments.keithley import Keithley2400
+
+from satlab.instruments import CurrentSource, InstrumentFault
+
+SIMULATION = Path(__file__).with_name("sim.yaml")
+
+
+class Keithley2400Source(CurrentSource):
+    """One current channel of a Keithley 2400 (A), compliance voltage set on the instrument."""
+
+    channels = 1
+    max_current = 1.05  # the 2400's current range
+
+    def __init__(self, address, compliance_voltage: float = 10.0, timeout_s: float = 2.0) -> None:
+        """``address``: a VISA resource (``…@sim``: the shipped simulation) or a pymeasure adapter."""
+        if not (isinstance(compliance_voltage, (int, float)) and 0 < compliance_voltage <= 210):
+            raise ValueError(f"compliance_voltage: expected 0 < V <= 210, got {compliance_voltage!r}")
+        simulated = isinstance(address, str) and address.endswith("@sim")
+        resource = address[:-4] if simulated else address
+        self.name = f"Keithley 2400 at {address}"
+        visa = {"visa_library": f"{SIMULATION}@sim"} if simulated else {}
+        try:
+            self.smu = Keithley2400(resource, name=self.name, timeout=int(timeout_s * 1000),
+                                    read_termination="\n", write_termination="\n", **visa)
+            self.smu.source_mode = "current"
+            self.smu.compliance_voltage = compliance_voltage
+            self._check(":SENSE:VOLTAGE:PROTECTION?", self.smu.compliance_voltage,
+                        compliance_voltage)
+        except InstrumentFault:
+            raise
+        except Exception as exc:  # pyvisa errors, timeouts, garbage replies
+            raise InstrumentFault(self.name, "(opening)", f"{type(exc).__name__}: {exc}") from None
+
+    def identify(self) -> str:
+        """The instrument's *IDN? reply."""
+        return self._query("*IDN?", lambda: self.smu.id)
+
+    def set_currents(self, currents: np.ndarray) -> None:
+        """Set the source current and read it back."""
+        target = float(np.asarray(currents, dtype=float).reshape(-1)[0])
+        self._query(f":SOURCE:CURRENT {target:g}", lambda: setattr(self.smu, "source_current", target))
+        self._check(":SOURCE:CURRENT?", self._query(":SOURCE:CURRENT?", lambda: self.smu.source_current),
+                    target)
+
+    def get_currents(self) -> np.ndarray:
+        """The source current setpoint (A)."""
+        return np.array([self._query(":SOURCE:CURRENT?", lambda: self.smu.source_current)])
+
+    def set_output(self, enabled: bool) -> None:
+        """Switch the output on or off, and read the state back."""
+        self._query(f"OUTPUT {int(enabled)}", lambda: setattr(self.smu, "source_enabled", enabled))
+        if self._query("OUTPUT?", lambda: self.smu.source_enabled) != enabled:
+            raise InstrumentFault(self.name, "OUTPUT?", f"output did not switch {'on' if enabled else 'off'}")
+
+    def close(self) -> None:
+        """Release the VISA session."""
+        self.smu.adapter.close()
+
+    def _query(self, command: str, action):
+        try:
+            return action()
+        except Exception as exc:  # pyvisa timeouts and I/O errors, unparsable replies
+            raise InstrumentFault(self.name, command, f"{type(exc).__name__}: {exc}") from None
+
+    def _check(self, command: str, got: object, expected: float) -> None:
+        if not (isinstance(got, (int, float)) and math.isclose(got, expected, rel_tol=1e-6,
+                                                               abs_tol=1e-12)):
+            raise InstrumentFault(self.name, command, f"read back {got!r}, expected {expected:g}")

@@ -1,0 +1,69 @@
+"""The Keithley 2400 current source: its SCPI messages (pymeasure's ProtocolAdapter), and end
+to end through pyvisa against the shipped pyvisa-sim simulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import write_yaml
+from pymeasure.adapters import ProtocolAdapter
+
+from satlab.cli import main
+from satlab.drivers.keithley.k2400 import Keithley2400Source
+from satlab.instruments import InstrumentFault
+
+OPENING = [(":FORMAT:ELEMENTS VOLTAGE, CURRENT, RESISTANCE, TIME, STATUS", None),
+           (":SOURCE:FUNCTION CURR", None), (":SENSE:VOLTAGE:PROTECTION 5", None),
+           (":SENSE:VOLTAGE:PROTECTION?", "5")]
+
+
+def opened(pairs: list) -> tuple[Keithley2400Source, ProtocolAdapter]:
+    adapter = ProtocolAdapter(OPENING + pairs)
+    return Keithley2400Source(adapter, compliance_voltage=5), adapter
+
+
+def test_opening_sets_current_mode_and_the_compliance_and_settings_are_read_back():
+    source, adapter = opened([(":SOURCE:CURRENT 0.0035", None), (":SOURCE:CURRENT?", "0.0035"),
+                              ("OUTPUT 1", None), ("OUTPUT?", "1"),
+                              (":SOURCE:CURRENT 0", None), (":SOURCE:CURRENT?", "0"),
+                              ("OUTPUT 0", None), ("OUTPUT?", "0")])
+    source.set_currents(np.array([0.0035]))
+    source.set_output(True)
+    source.safe_state()
+    assert adapter._index == len(adapter.comm_pairs)  # every expected message, in order
+
+
+def test_a_setting_that_does_not_read_back_is_a_fault():
+    source, _ = opened([(":SOURCE:CURRENT 0.0035", None), (":SOURCE:CURRENT?", "0.0034")])
+    with pytest.raises(InstrumentFault, match=r"':SOURCE:CURRENT\?' -> read back 0.0034, "
+                                              r"expected 0.0035"):
+        source.set_currents(np.array([0.0035]))
+
+
+SIM = "GPIB0::24::INSTR@sim"
+
+
+def test_through_pyvisa_against_the_shipped_simulation():
+    source = Keithley2400Source(SIM, compliance_voltage=8)
+    try:
+        assert source.identify().startswith("KEITHLEY INSTRUMENTS INC.,MODEL 2400")
+        assert source.smu.source_mode == "current" and source.smu.compliance_voltage == 8
+        source.set_currents(np.array([0.012]))
+        source.set_output(True)
+        assert source.get_currents() == pytest.approx([0.012])
+        source.safe_state()
+        assert source.get_currents() == [0.0] and source.smu.source_enabled is False
+        source.smu.write(":SOURCE:CURRENT 2")  # beyond the 2400's range: the instrument refuses
+        with pytest.raises(InstrumentFault, match=r"read back 'ERROR', expected 0.001"):
+            source.set_currents(np.array([0.001]))
+    finally:
+        source.close()
+
+
+def test_rig_check_on_the_simulated_protocol(tmp_path, capsys):
+    rig = write_yaml(tmp_path / "rig.yaml", {"name": "smu-bench", "instruments": {"smu": {
+        "kind": "current_source", "driver": "keithley.2400", "address": SIM,
+        "options": {"compliance_voltage": 5}, "limits": {"max_current": 0.02}}}})
+    assert main(["rig", "check", str(rig)]) == 0
+    out = capsys.readouterr().out
+    assert "KEITHLEY INSTRUMENTS INC.,MODEL 2400" in out and "left in their safe state" in out
