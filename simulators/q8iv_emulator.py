@@ -21,6 +21,7 @@ import re
 import threading
 import time
 import tty
+from collections.abc import Callable
 
 OVER_VOLTAGE, OVER_CURRENT, UNKNOWN_COMMAND, BAD_PARAMETER, BAD_CHANNEL = 1, 2, 10, 11, 12
 CHANNELS_PER_MODULE = 8
@@ -41,7 +42,9 @@ class Q8ivEmulator:
         self.imax_mA = [full_scale_mA] * self.channels
         self.vmax_V = [full_scale_V] * self.channels
         self.reply_delay_s = 0.0  # injected: a slow reply
+        self.drop_after_commands: int | None = None  # injected: the cable comes out
         self.commands: list[str] = []  # every line received, for tests
+        self.on_change: Callable[[int, float], None] | None = None  # (channel, mA) once applied
         self._lock = threading.Lock()
         self._master: int | None = None
         self.port: str | None = None
@@ -95,6 +98,8 @@ class Q8ivEmulator:
             return f"E{OVER_VOLTAGE}:{ch}"
         else:
             self.current_mA[ch] = value
+            if self.on_change is not None:
+                self.on_change(ch, value)
         return "OK"
 
     def _volts(self) -> list[float]:
@@ -123,6 +128,9 @@ class Q8ivEmulator:
                 line = raw.decode("ascii", "replace").strip()
                 if not line:
                     continue
+                if self.drop_after_commands is not None and len(self.commands) >= self.drop_after_commands:
+                    self.drop()
+                    return
                 answer = self.reply(line)
                 if self.reply_delay_s:
                     time.sleep(self.reply_delay_s)

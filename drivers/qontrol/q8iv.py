@@ -128,8 +128,13 @@ def serial_port(address: str) -> str:
 class Q8ivSource(CurrentSource):
     """A Q8iv daisy chain as satlab's current source (A in, every write read back)."""
 
-    def __init__(self, address: str, baud_rate: int = 115200, timeout_s: float = 1.0,
-                 modules: int | None = None) -> None:
+    def __init__(self, address: str | None = None, baud_rate: int = 115200, timeout_s: float = 1.0,
+                 modules: int | None = None, resource=None) -> None:
+        """``address``: the serial port; or ``resource``: a simulated bench wired to an
+        emulated chain (its ``port``), driven through the same serial protocol."""
+        if (address is None) == (resource is None):
+            raise ValueError("give the Q8iv an address (its serial port) or a resource, not both")
+        address = address if address is not None else resource.port
         name = f"Q8iv at {address}"
         try:
             adapter = SerialAdapter(serial_port(address), baudrate=baud_rate, timeout=timeout_s,
