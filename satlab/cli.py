@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import sys
 import time
 import traceback
@@ -406,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     ``--debug`` adds the traceback.
     """
     args = build_parser().parse_args(_attach_negative_grids(sys.argv[1:] if argv is None else argv))
+    # pymeasure logs every failed exchange; satlab reports faults itself, once, as one line
+    logging.getLogger("pymeasure").setLevel(logging.DEBUG if args.debug else logging.CRITICAL)
     try:
         return args.func(args)
     except BaseException as exc:  # the one error boundary of the command

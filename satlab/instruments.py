@@ -15,8 +15,9 @@ import numpy as np
 class InstrumentFault(RuntimeError):
     """An instrument did not do what it was told (error reply, garbage, timeout, lost port)."""
 
-    def __init__(self, instrument: str, command: str, reply: str) -> None:
+    def __init__(self, instrument: str, command: str, reply: str, transient: bool = False) -> None:
         self.instrument, self.command, self.reply = instrument, command, reply
+        self.transient = transient  # a lost or garbled reply: asking again may succeed
         super().__init__(f"{instrument}: {command!r} -> {reply}")
 
 

@@ -42,6 +42,7 @@ class Q8ivEmulator:
         self.imax_mA = [full_scale_mA] * self.channels
         self.vmax_V = [full_scale_V] * self.channels
         self.reply_delay_s = 0.0  # injected: a slow reply
+        self.swallow_replies = 0  # injected: the next n replies are lost on the line
         self.drop_after_commands: int | None = None  # injected: the cable comes out
         self.commands: list[str] = []  # every line received, for tests
         self.on_change: Callable[[int, float], None] | None = None  # (channel, mA) once applied
@@ -134,6 +135,9 @@ class Q8ivEmulator:
                 answer = self.reply(line)
                 if self.reply_delay_s:
                     time.sleep(self.reply_delay_s)
+                if self.swallow_replies:
+                    self.swallow_replies -= 1
+                    continue
                 self.send(*answer)
 
     def send(self, *lines: str) -> None:

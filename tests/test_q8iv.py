@@ -115,6 +115,23 @@ def test_faults_through_the_serial_line(source, emulator):
         source.get_currents()
 
 
+def test_a_lost_reply_is_asked_again_within_the_retry_budget(source, emulator):
+    source.set_currents(np.zeros(16))  # every channel known: the next call writes only ch 5
+    currents = np.where(np.arange(16) == 5, 0.003, 0.0)
+    emulator.swallow_replies = 2  # the set's OK and its first retry's OK are lost
+    source.set_currents(currents)
+    assert emulator.current_mA[5] == 3.0
+    assert emulator.commands.count("I5=3.0000") == 3  # sent, and sent again twice
+    emulator.swallow_replies = 3  # one more than the budget of 2 retries
+    with pytest.raises(InstrumentFault, match=r"'Iall\?' -> no reply before the timeout"):
+        source.get_currents()
+    emulator.swallow_replies = 0
+    emulator.send("E2:1")  # an error reply is definitive: never retried
+    with pytest.raises(InstrumentFault, match="unprompted"):
+        source.get_currents()
+    assert emulator.commands.count("Iall?") == 3
+
+
 def q8iv_rig(port: str) -> dict:
     return {"name": "q8iv-bench", "instruments": {"heaters": {
         "kind": "current_source", "driver": "qontrol.q8iv", "address": f"ASRL{port}::INSTR",

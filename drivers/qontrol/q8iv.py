@@ -67,7 +67,7 @@ class Q8iv(Instrument):
         except OSError as exc:
             raise InstrumentFault(self.name, self._last, f"the port failed ({exc})") from None
         if not reply:
-            raise InstrumentFault(self.name, self._last, "no reply before the timeout")
+            raise InstrumentFault(self.name, self._last, "no reply before the timeout", transient=True)
         self._raise_error_line(reply)
         return reply
 
@@ -75,7 +75,7 @@ class Q8iv(Instrument):
         """A setting is answered ``OK`` and nothing else."""
         reply = self.read()
         if reply != "OK":
-            raise InstrumentFault(self.name, self._last, f"unexpected reply {reply!r}")
+            raise InstrumentFault(self.name, self._last, f"unexpected reply {reply!r}", transient=True)
         return []
 
     def lines(self, command: str, count: int) -> list[str]:
@@ -99,7 +99,8 @@ class Q8iv(Instrument):
         except ValueError:
             value = math.nan
         if not math.isfinite(value):
-            raise InstrumentFault(self.name, self._last, f"expected a number, got {reply!r}")
+            raise InstrumentFault(self.name, self._last, f"expected a number, got {reply!r}",
+                                  transient=True)
         return value
 
     def _raise_error_line(self, line: str, unprompted: bool = False) -> None:
@@ -129,7 +130,7 @@ class Q8ivSource(CurrentSource):
     """A Q8iv daisy chain as satlab's current source (A in, every write read back)."""
 
     def __init__(self, address: str | None = None, baud_rate: int = 115200, timeout_s: float = 1.0,
-                 modules: int | None = None, resource=None) -> None:
+                 modules: int | None = None, retries: int = 2, resource=None) -> None:
         """``address``: the serial port; or ``resource``: a simulated bench wired to an
         emulated chain (its ``port``), driven through the same serial protocol."""
         if (address is None) == (resource is None):
@@ -155,6 +156,21 @@ class Q8ivSource(CurrentSource):
             adapter.close()
             raise
         self._written = np.full(self.channels, np.nan)
+        self.retries = retries
+
+    def _retrying(self, action):
+        """Run an exchange again after a lost or garbled reply, at most ``retries`` times.
+
+        Every exchange is idempotent (absolute setpoints, queries). Error replies and a
+        lost port are not retried: the device said no, or nobody is listening.
+        """
+        for attempt in range(self.retries + 1):
+            try:
+                return action()
+            except InstrumentFault as fault:
+                if not fault.transient or attempt == self.retries:
+                    raise
+                self.device.adapter.flush_read_buffer()  # a late reply must not answer the retry
 
     def identify(self) -> str:
         """The first module's id and the chain behind it."""
@@ -172,9 +188,9 @@ class Q8ivSource(CurrentSource):
         """Write every channel whose setpoint changes, and read each one back."""
         for k in np.flatnonzero(~(np.asarray(currents) == self._written)):
             ch, target_mA = self.device.channels[int(k)], float(currents[k]) * 1e3
-            ch.current_mA = target_mA
             self._written[k] = np.nan  # unknown until the read-back agrees
-            got = ch.current_mA
+            self._retrying(lambda: setattr(ch, "current_mA", target_mA))
+            got = self._retrying(lambda: ch.current_mA)
             if abs(got - target_mA) > self._tolerance_mA:
                 raise InstrumentFault(self.device.name, f"I{k}?", f"read back {got:g} mA after "
                                       f"setting {target_mA:g} mA")
@@ -182,7 +198,7 @@ class Q8ivSource(CurrentSource):
 
     def get_currents(self) -> np.ndarray:
         """Every channel's current (A), one ``Iall?``."""
-        return np.array(self.device.numbers("Iall?", self.channels)) * 1e-3
+        return np.array(self._retrying(lambda: self.device.numbers("Iall?", self.channels))) * 1e-3
 
     def set_output(self, enabled: bool) -> None:
         """The Q8iv has no output switch: off means every channel at zero."""
