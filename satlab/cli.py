@@ -292,6 +292,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_instruments(args: argparse.Namespace) -> int:
+    from satlab.discovery import probing_drivers, rig_snippet, scan_serial, scan_visa
+
+    probes = probing_drivers()
+    serial_found = scan_serial(args.port, args.timeout, probes)
+    visa_found, visa_note = scan_visa(args.visa_library, args.timeout, probes)
+    suffix = "@sim" if args.visa_library.endswith("@sim") else ""
+    for found in serial_found + visa_found:
+        what = found.driver or ("not recognised" if found.reply else "no answer")
+        print(f"{found.address:<28} {what:<16} {found.reply}")
+    if visa_note:
+        print(visa_note)
+    known = [f for f in serial_found if f.driver] + [f for f in visa_found if f.driver]
+    if known:
+        print("\ninstruments:")
+        print("\n".join(rig_snippet(f, suffix if f in visa_found else "") for f in known))
+    return 0
+
+
 def cmd_emulate(args: argparse.Namespace) -> int:
     from satlab import registry
 
@@ -376,6 +395,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("-o", "--output", help="PNG path (default: RUN_DIR/report.png for one run, "
                                             "./report.png for several)")
     rep.set_defaults(func=cmd_report)
+
+    ins = sub.add_parser("instruments", help="find instruments and print rig-file snippets",
+                         description="List serial ports and VISA resources, ask each politely "
+                                     "who it is (id?, *IDN?) with a short timeout, and print a "
+                                     "rig-file snippet for every instrument a driver recognises. "
+                                     "Nothing is set on any instrument.")
+    ins.add_argument("--port", action="append", default=[],
+                     help="also ask this serial port (e.g. a pty of `satlab emulate`); repeatable")
+    ins.add_argument("--visa-library", default="",
+                     help="pyvisa backend, e.g. '@py', or 'file.yaml@sim' for a simulation")
+    ins.add_argument("--timeout", type=float, default=0.3, help="seconds to wait for each answer")
+    ins.set_defaults(func=cmd_instruments)
 
     em = sub.add_parser("emulate", help="serve an emulated instrument on a serial port (a pty)",
                         description="Start a protocol emulator of an instrument on a new "

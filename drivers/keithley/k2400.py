@@ -24,6 +24,7 @@ class Keithley2400Source(CurrentSource):
 
     channels = 1
     max_current = 1.05  # the 2400's current range
+    probe = ("visa", "*IDN?", r"KEITHLEY.*MODEL 2400")  # how `satlab instruments` recognises one
 
     def __init__(self, address, compliance_voltage: float = 10.0, timeout_s: float = 2.0) -> None:
         """``address``: a VISA resource (``…@sim``: the shipped simulation) or a pymeasure adapter."""

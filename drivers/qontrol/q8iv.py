@@ -129,6 +129,8 @@ def serial_port(address: str) -> str:
 class Q8ivSource(CurrentSource):
     """A Q8iv daisy chain as satlab's current source (A in, every write read back)."""
 
+    probe = ("serial", "id?", r"^Q8iv-\d+")  # how `satlab instruments` recognises one
+
     def __init__(self, address: str | None = None, baud_rate: int = 115200, timeout_s: float = 1.0,
                  modules: int | None = None, retries: int = 2, resource=None) -> None:
         """``address``: the serial port; or ``resource``: a simulated bench wired to an

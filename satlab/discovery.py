@@ -1,0 +1,97 @@
+"""Find instruments: list serial ports and VISA resources, ask each who it is, and write
+a rig-file snippet for every one a registered driver recognises.
+
+A driver takes part by declaring ``probe = (bus, query, pattern)``: bus ``"serial"``
+(the query is sent at the driver's baud rate) or ``"visa"``, and a regular expression
+its identification reply matches. Asking is polite: one short query per port, a short
+timeout, nothing written that changes a setting.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import serial
+import serial.tools.list_ports
+
+from satlab import registry
+
+
+@dataclass
+class Found:
+    """One answer: where, what it said, and the driver that recognised it (if any)."""
+
+    address: str
+    reply: str
+    driver: str | None = None
+
+
+def probing_drivers() -> dict[str, tuple[str, str, re.Pattern]]:
+    """Registered drivers that declare how to recognise their instrument."""
+    probes = {}
+    for name in registry.available():
+        probe = getattr(registry.lookup(name), "probe", None)
+        if probe is not None:
+            bus, query, pattern = probe
+            probes[name] = (bus, query, re.compile(pattern))
+    return probes
+
+
+def _recognise(reply: str, bus: str, probes: dict) -> str | None:
+    return next((name for name, (b, _, pattern) in probes.items()
+                 if b == bus and pattern.search(reply)), None)
+
+
+def ask_serial(port: str, query: str, timeout_s: float, baud_rate: int = 115200) -> str:
+    """One query on a serial port; the first reply line ('' for silence or an error)."""
+    try:
+        with serial.Serial(port, baud_rate, timeout=timeout_s, write_timeout=timeout_s) as line:
+            line.reset_input_buffer()
+            line.write(f"{query}\n".encode("ascii"))
+            return line.readline().decode("ascii", "replace").strip()
+    except (OSError, ValueError):
+        return ""
+
+
+def scan_serial(extra_ports: list[str], timeout_s: float, probes: dict) -> list[Found]:
+    """Every serial port (the OS's list plus ``extra_ports``), asked each serial query."""
+    ports = [p.device for p in serial.tools.list_ports.comports()] + list(extra_ports)
+    found = []
+    for port in dict.fromkeys(ports):
+        replies = [ask_serial(port, query, timeout_s) for query in
+                   dict.fromkeys(q for b, q, _ in probes.values() if b == "serial")]
+        reply = next((r for r in replies if r), "")
+        found.append(Found(port, reply, _recognise(reply, "serial", probes) if reply else None))
+    return found
+
+
+def scan_visa(visa_library: str, timeout_s: float, probes: dict) -> tuple[list[Found], str | None]:
+    """Every VISA resource asked ``*IDN?``; the second item says why none could be listed."""
+    import pyvisa
+
+    try:
+        manager = pyvisa.ResourceManager(visa_library)
+        resources = manager.list_resources()
+    except (ValueError, OSError, pyvisa.Error) as exc:
+        return [], f"no VISA resources listed ({exc})"
+    found = []
+    for resource in resources:
+        try:
+            with manager.open_resource(resource, timeout=int(timeout_s * 1000),
+                                       read_termination="\n", write_termination="\n") as inst:
+                reply = inst.query("*IDN?").strip()
+        except (pyvisa.Error, OSError, ValueError):
+            reply = ""
+        found.append(Found(resource, reply, _recognise(reply, "visa", probes) if reply else None))
+    return found, None
+
+
+def rig_snippet(found: Found, suffix: str = "") -> str:
+    """The instruments: entry for a recognised instrument (limits to be set by hand)."""
+    kind = registry.lookup(found.driver).kind
+    lines = [f"  {found.driver.replace('.', '_')}:", f"    kind: {kind}",
+             f"    driver: {found.driver}", f"    address: \"{found.address}{suffix}\""]
+    if kind == "current_source":
+        lines.append("    limits: {max_current: 0.001}  # A per channel: set your device's limit")
+    return "\n".join(lines)
