@@ -64,6 +64,18 @@ def test_rig_check_on_the_simulated_protocol(tmp_path, capsys):
     rig = write_yaml(tmp_path / "rig.yaml", {"name": "smu-bench", "instruments": {"smu": {
         "kind": "current_source", "driver": "keithley.2400", "address": SIM,
         "options": {"compliance_voltage": 5}, "limits": {"max_current": 0.02}}}})
-    assert main(["rig", "check", str(rig)]) == 0
-    out = capsys.readouterr().out
+    code = main(["rig", "check", str(rig)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
     assert "KEITHLEY INSTRUMENTS INC.,MODEL 2400" in out and "left in their safe state" in out
+
+
+def test_a_reply_left_by_an_earlier_session_does_not_answer_the_next_one():
+    first = Keithley2400Source(SIM)
+    first.smu.write(":SOURCE:CURRENT?")  # its reply is never read: a session that crashed
+    first.close()
+    second = Keithley2400Source(SIM, compliance_voltage=7)  # its read-back must see 7
+    try:
+        assert second.smu.compliance_voltage == 7
+    finally:
+        second.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from pymeasure.instruments.keithley import Keithley2400
 
+from satlab.drivers.visa_session import open_adapter
 from satlab.instruments import CurrentSource, InstrumentFault
 
 SIMULATION = Path(__file__).with_name("sim.yaml")
@@ -30,13 +31,9 @@ class Keithley2400Source(CurrentSource):
         """``address``: a VISA resource (``…@sim``: the shipped simulation) or a pymeasure adapter."""
         if not (isinstance(compliance_voltage, (int, float)) and 0 < compliance_voltage <= 210):
             raise ValueError(f"compliance_voltage: expected 0 < V <= 210, got {compliance_voltage!r}")
-        simulated = isinstance(address, str) and address.endswith("@sim")
-        resource = address[:-4] if simulated else address
         self.name = f"Keithley 2400 at {address}"
-        visa = {"visa_library": f"{SIMULATION}@sim"} if simulated else {}
         try:
-            self.smu = Keithley2400(resource, name=self.name, timeout=int(timeout_s * 1000),
-                                    read_termination="\n", write_termination="\n", **visa)
+            self.smu = Keithley2400(open_adapter(address, SIMULATION, timeout_s), name=self.name)
             self.smu.source_mode = "current"
             self.smu.compliance_voltage = compliance_voltage
             self._check(":SENSE:VOLTAGE:PROTECTION?", self.smu.compliance_voltage,

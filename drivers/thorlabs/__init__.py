@@ -1,0 +1,1 @@
+"""Thorlabs optical power meters."""

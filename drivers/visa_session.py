@@ -1,0 +1,39 @@
+"""Opening a VISA instrument from a rig-file address, with no stale replies in the way.
+
+``GPIB0::24::INSTR@sim`` opens ``GPIB0::24::INSTR`` through pyvisa-sim with the YAML a
+driver ships; any other string is a real VISA resource; a pymeasure adapter (in tests)
+passes through unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyvisa
+from pymeasure.adapters import Adapter, VISAAdapter
+
+
+def open_adapter(address, simulation: Path, timeout_s: float) -> Adapter:
+    """A VISA adapter for ``address``, emptied of replies an earlier session left unread."""
+    if isinstance(address, Adapter):
+        return address
+    resource, visa = ((address[:-4], {"visa_library": f"{simulation}@sim"})
+                      if address.endswith("@sim") else (address, {}))
+    adapter = VISAAdapter(resource, timeout=int(timeout_s * 1000), read_termination="\n",
+                          write_termination="\n", **visa)
+    discard_stale_replies(adapter)
+    return adapter
+
+
+def discard_stale_replies(adapter: VISAAdapter) -> None:
+    """Read and drop what a crashed or faulted session left in the output queue: it would
+    otherwise answer this session's first query."""
+    connection = adapter.connection
+    timeout, connection.timeout = connection.timeout, 50
+    try:
+        for _ in range(1000):
+            connection.read()
+    except pyvisa.errors.VisaIOError:  # nothing left: the read timed out
+        pass
+    finally:
+        connection.timeout = timeout
