@@ -293,25 +293,36 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_instruments(args: argparse.Namespace) -> int:
+    """Ask every port who it is; print what answered and rig-file snippets."""
     from satlab.discovery import probing_drivers, rig_snippet, scan_serial, scan_visa
 
+    if not args.timeout > 0:
+        raise ConfigError("--timeout", "", f"expected seconds > 0, got {args.timeout:g}")
     probes = probing_drivers()
-    serial_found = scan_serial(args.port, args.timeout, probes)
+    serial_found = scan_serial(args.port, args.timeout, probes, system_ports=not args.only)
     visa_found, visa_note = scan_visa(args.visa_library, args.timeout, probes)
-    suffix = "@sim" if args.visa_library.endswith("@sim") else ""
     for found in serial_found + visa_found:
         what = found.driver or ("not recognised" if found.reply else "no answer")
         print(f"{found.address:<28} {what:<16} {found.reply}")
     if visa_note:
         print(visa_note)
-    known = [f for f in serial_found if f.driver] + [f for f in visa_found if f.driver]
+    # a simulation's address only works with the driver's own shipped simulation
+    suffix = "@sim" if args.visa_library.endswith("@sim") else ""
+    known = [(f, "") for f in serial_found if f.driver] + [(f, suffix) for f in visa_found if f.driver]
     if known:
-        print("\ninstruments:")
-        print("\n".join(rig_snippet(f, suffix if f in visa_found else "") for f in known))
+        names: dict[str, int] = {}
+        snippets = []
+        for found, end in known:
+            base = found.driver.replace(".", "_")
+            names[base] = names.get(base, 0) + 1
+            snippets.append(rig_snippet(found, base if names[base] == 1 else f"{base}_{names[base]}",
+                                        end))
+        print("\ninstruments:\n" + "\n".join(snippets))
     return 0
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
+    """Serve an emulated instrument on a new pty until Ctrl-C."""
     from satlab import registry
 
     emulator = registry.lookup(f"emulated.{args.instrument}")(modules=args.modules)
@@ -406,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--visa-library", default="",
                      help="pyvisa backend, e.g. '@py', or 'file.yaml@sim' for a simulation")
     ins.add_argument("--timeout", type=float, default=0.3, help="seconds to wait for each answer")
+    ins.add_argument("--only", action="store_true",
+                     help="of the serial ports, ask only those given with --port")
     ins.set_defaults(func=cmd_instruments)
 
     em = sub.add_parser("emulate", help="serve an emulated instrument on a serial port (a pty)",

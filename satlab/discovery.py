@@ -31,7 +31,10 @@ def probing_drivers() -> dict[str, tuple[str, str, re.Pattern]]:
     """Registered drivers that declare how to recognise their instrument."""
     probes = {}
     for name in registry.available():
-        probe = getattr(registry.lookup(name), "probe", None)
+        try:
+            probe = getattr(registry.lookup(name), "probe", None)
+        except Exception:  # a plugin that does not import (a missing extra) recognises nothing
+            continue
         if probe is not None:
             bus, query, pattern = probe
             probes[name] = (bus, query, re.compile(pattern))
@@ -46,7 +49,9 @@ def _recognise(reply: str, bus: str, probes: dict) -> str | None:
 def ask_serial(port: str, query: str, timeout_s: float, baud_rate: int = 115200) -> str:
     """One query on a serial port; the first reply line ('' for silence or an error)."""
     try:
-        with serial.Serial(port, baud_rate, timeout=timeout_s, write_timeout=timeout_s) as line:
+        # exclusive: never a second program on a port a rig holds (its replies are not ours)
+        with serial.Serial(port, baud_rate, timeout=timeout_s, write_timeout=timeout_s,
+                           exclusive=True) as line:
             line.reset_input_buffer()
             line.write(f"{query}\n".encode("ascii"))
             return line.readline().decode("ascii", "replace").strip()
@@ -54,9 +59,12 @@ def ask_serial(port: str, query: str, timeout_s: float, baud_rate: int = 115200)
         return ""
 
 
-def scan_serial(extra_ports: list[str], timeout_s: float, probes: dict) -> list[Found]:
-    """Every serial port (the OS's list plus ``extra_ports``), asked each serial query."""
-    ports = [p.device for p in serial.tools.list_ports.comports()] + list(extra_ports)
+def scan_serial(extra_ports: list[str], timeout_s: float, probes: dict,
+                system_ports: bool = True) -> list[Found]:
+    """Every serial port (the OS's list, unless not ``system_ports``, plus ``extra_ports``),
+    asked each serial query."""
+    listed = [p.device for p in serial.tools.list_ports.comports()] if system_ports else []
+    ports = listed + list(extra_ports)
     found = []
     for port in dict.fromkeys(ports):
         replies = [ask_serial(port, query, timeout_s) for query in
@@ -87,10 +95,10 @@ def scan_visa(visa_library: str, timeout_s: float, probes: dict) -> tuple[list[F
     return found, None
 
 
-def rig_snippet(found: Found, suffix: str = "") -> str:
+def rig_snippet(found: Found, name: str, suffix: str = "") -> str:
     """The instruments: entry for a recognised instrument (limits to be set by hand)."""
     kind = registry.lookup(found.driver).kind
-    lines = [f"  {found.driver.replace('.', '_')}:", f"    kind: {kind}",
+    lines = [f"  {name}:", f"    kind: {kind}",
              f"    driver: {found.driver}", f"    address: \"{found.address}{suffix}\""]
     if kind == "current_source":
         lines.append("    limits: {max_current: 0.001}  # A per channel: set your device's limit")

@@ -77,8 +77,10 @@ class CurrentSource(Instrument):
 
     def safe_state(self) -> None:
         """Zero every channel and switch the outputs off (the rig ramps first)."""
-        self.set_currents(np.zeros(self.channels))
-        self.set_output(False)
+        try:
+            self.set_currents(np.zeros(self.channels))
+        finally:  # a failed zeroing must not leave the output on
+            self.set_output(False)
 
 
 class InputModulator(Instrument):

@@ -209,11 +209,12 @@ class Rig:
             system_for(self.spec, self.path).check_open(self)
         for name, dev in self.instruments.items():
             if isinstance(dev, CurrentSource):
-                dev.apply_limits(self.guards[name].max_current)
                 # Enabling an output applies its setpoint: bring the setpoint to zero
                 # through the guard first (ramped from what is flowing now).
                 self.applied[name] = np.asarray(dev.get_currents(), dtype=float)
                 self._apply_ramped(name, np.zeros(dev.channels))
+                # after the ramp: a lower firmware limit would refuse its first steps
+                dev.apply_limits(self.guards[name].max_current)
                 dev.set_output(True)
                 self._log(name, "set_output", True)
 

@@ -15,8 +15,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from satlab import checkpoint
-from satlab import strict_json
+from satlab import checkpoint, strict_json
 from satlab.config import RunConfig, parse_range
 from satlab.data import Dataset, epoch_order
 from satlab.estimators import ESTIMATORS, GradientEstimator

@@ -44,6 +44,20 @@ class OptionError(ValueError):
         super().__init__(f"{option}: {expected}")
 
 
+def require_count(name: str, value: object, lowest: int, highest: int | None = None) -> None:
+    """OptionError unless ``value`` is an integer in [lowest, highest]."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= lowest
+            and (highest is None or value <= highest)):
+        bound = f"from {lowest} to {highest}" if highest is not None else f">= {lowest}"
+        raise OptionError(name, f"expected an integer {bound}, got {value!r}")
+
+
+def require_seconds(name: str, value: object, longest: float = 600.0) -> None:
+    """OptionError unless ``value`` is a time in (0, longest] seconds."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= longest):
+        raise OptionError(name, f"expected seconds in (0, {longest:g}], got {value!r}")
+
+
 class DataError(RuntimeError):
     """The requested data cannot be loaded; never replaced by random data."""
 

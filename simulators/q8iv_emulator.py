@@ -113,15 +113,18 @@ class Q8ivEmulator:
         tty.setraw(slave)  # no echo, no line editing: bytes pass as on a serial line
         self._master, self.port = master, os.ttyname(slave)
         self._slave = slave  # kept open so the port stays valid between client connections
-        threading.Thread(target=self._serve, name="q8iv-emulator", daemon=True).start()
+        self._thread = threading.Thread(target=self._serve, name="q8iv-emulator", daemon=True)
+        self._thread.start()
         return self.port
 
     def _serve(self) -> None:
         buffer = b""
-        while self._master is not None:
+        while (master := self._master) is not None:  # one read of the shared fd per turn
             try:
-                chunk = os.read(self._master, 4096)
+                chunk = os.read(master, 4096)
             except OSError:  # dropped
+                return
+            if not chunk:
                 return
             buffer += chunk
             while b"\n" in buffer:
@@ -142,8 +145,12 @@ class Q8ivEmulator:
 
     def send(self, *lines: str) -> None:
         """Write lines to the port, e.g. an unprompted error ``E2:3``."""
-        if self._master is not None:
-            os.write(self._master, "".join(f"{line}\n" for line in lines).encode("ascii"))
+        master = self._master
+        if master is not None:
+            try:
+                os.write(master, "".join(f"{line}\n" for line in lines).encode("ascii"))
+            except OSError:  # dropped meanwhile: nobody hears it, as on a cut cable
+                pass
 
     def drop(self) -> None:
         """The cable comes out: the port stops answering and reads fail."""
@@ -152,8 +159,11 @@ class Q8ivEmulator:
             os.close(master)
 
     def stop(self) -> None:
-        """Close both ends of the pty."""
+        """Close both ends of the pty and wait for the serving thread to end."""
         self.drop()
         if getattr(self, "_slave", None) is not None:
             os.close(self._slave)
             self._slave = None
+        thread = getattr(self, "_thread", None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)

@@ -14,7 +14,8 @@ def test_discovery_recognises_the_emulated_q8iv_and_the_simulated_keithley(tmp_p
     emulator = Q8ivEmulator(modules=2)
     port = emulator.start()
     try:
-        assert main(["instruments", "--port", port, "--visa-library", f"{SIMULATION}@sim"]) == 0
+        assert main(["instruments", "--only", "--port", port, "--port", port,
+                     "--visa-library", f"{SIMULATION}@sim"]) == 0  # a port given twice: asked once
         out = capsys.readouterr().out
         assert emulator.commands == ["id?"]  # asked who it is, nothing set
         lines = out.splitlines()

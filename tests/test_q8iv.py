@@ -26,7 +26,7 @@ QUIET = {"in_waiting": 0}  # nothing unprompted in the input buffer
 
 
 def test_opening_counts_the_channels_and_settings_expect_ok():
-    with expected_protocol(Q8iv, [("nchan?", "8"), ("I3=1.5000", "OK"), ("I3?", "1.5000"),
+    with expected_protocol(Q8iv, [("id?", "Q8iv-0007"), ("nchan?", "8"), ("I3=1.5000", "OK"), ("I3?", "1.5000"),
                                   ("IMAX7=12.0000", "OK")], connection_attributes=QUIET) as q:
         assert sorted(q.channels) == list(range(8))
         q.ch_3.current_mA = 1.5
@@ -42,14 +42,15 @@ def test_opening_counts_the_channels_and_settings_expect_ok():
     ("", r"no reply before the timeout"),
 ])
 def test_a_setting_that_is_not_ok_is_one_fault_naming_instrument_command_and_reply(reply, message):
-    with expected_protocol(Q8iv, [("nchan?", "8"), ("I3=30.0000", reply)],
+    with expected_protocol(Q8iv, [("id?", "Q8iv-0007"), ("nchan?", "8"), ("I3=30.0000", reply)],
                            connection_attributes=QUIET) as q:
         with pytest.raises(InstrumentFault, match="^Qontrol Q8iv: .*" + message):
             q.ch_3.current_mA = 30
 
 
 def test_multi_line_replies_are_read_line_by_line_and_garbage_is_a_fault():
-    with expected_protocol(Q8iv, [("nchan?", "2"), ("Iall?", "1.0000"), (None, "2.5000"),
+    with expected_protocol(Q8iv, [("id?", "Q8iv-0007"), ("nchan?", "2"), ("Iall?", "1.0000"),
+                                  (None, "2.5000"),
                                   ("Vall?", "0.5"), (None, "x!")],
                            connection_attributes=QUIET) as q:
         assert q.numbers("Iall?", 2) == [1.0, 2.5]
@@ -70,9 +71,17 @@ def emulator():
     emu.stop()
 
 
+def arrived(source: Q8ivSource, timeout_s: float = 5.0) -> None:
+    """Wait until an unprompted line is in the port's input buffer (a pty delivers later)."""
+    deadline = time.monotonic() + timeout_s
+    while not source.device.adapter.connection.in_waiting:
+        assert time.monotonic() < deadline, "the emulator's line never arrived"
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def source(emulator):
-    src = Q8ivSource(emulator.port, timeout_s=0.3, modules=2)
+    src = Q8ivSource(emulator.port, timeout_s=0.5, modules=2)
     yield src
     src.close()
 
@@ -101,35 +110,41 @@ def test_faults_through_the_serial_line(source, emulator):
         source.set_currents(np.where(np.arange(16) == 4, 0.011, 0.0))
     assert emulator.current_mA[4] == 0.0
     emulator.send("E1:6")  # a trip reported between commands
+    arrived(source)
     with pytest.raises(InstrumentFault, match=r"'\(unprompted\)' -> error E1:6 \(over-voltage"):
         source.get_currents()
-    emulator.reply_delay_s = 1.0  # slower than the 0.3 s timeout
-    with pytest.raises(InstrumentFault, match=r"'Iall\?' -> no reply before the timeout"):
+    currents = np.where(np.arange(16) == 7, 0.0042, 0.0)
+    source.set_currents(currents)
+    emulator.reply_delay_s = 1.2  # slower than the 0.5 s timeout, every time
+    with pytest.raises(InstrumentFault, match=r"'Iall\?' -> no reply before the timeout|"
+                                              r"'id\?' -> no answer to 3 tries: the line is lost"):
         source.get_currents()
-    time.sleep(1.0)
-    source.device.adapter.flush_read_buffer()
     emulator.reply_delay_s = 0.0
-    assert source.get_currents() == pytest.approx(np.zeros(16))  # recovered
+    source.device.resync()  # the late replies arrive and are dropped
+    assert source.get_currents() == pytest.approx(currents)  # its own answer, not a late one
     emulator.drop()
-    with pytest.raises(InstrumentFault, match=r"'Iall\?' -> the port failed"):
+    with pytest.raises(InstrumentFault, match=r"-> the port failed"):
         source.get_currents()
 
 
 def test_a_lost_reply_is_asked_again_within_the_retry_budget(source, emulator):
     source.set_currents(np.zeros(16))  # every channel known: the next call writes only ch 5
     currents = np.where(np.arange(16) == 5, 0.003, 0.0)
-    emulator.swallow_replies = 2  # the set's OK and its first retry's OK are lost
+    emulator.swallow_replies = 1  # the set's OK is lost on the line
     source.set_currents(currents)
     assert emulator.current_mA[5] == 3.0
-    assert emulator.commands.count("I5=3.0000") == 3  # sent, and sent again twice
-    emulator.swallow_replies = 3  # one more than the budget of 2 retries
-    with pytest.raises(InstrumentFault, match=r"'Iall\?' -> no reply before the timeout"):
+    assert emulator.commands.count("I5=3.0000") == 2  # sent, then sent again after a resync
+    emulator.swallow_replies = 1000  # nothing comes back any more
+    with pytest.raises(InstrumentFault, match=r"no reply before the timeout|the line is lost"):
         source.get_currents()
     emulator.swallow_replies = 0
+    source.device.resync()
     emulator.send("E2:1")  # an error reply is definitive: never retried
+    arrived(source)
+    asked = emulator.commands.count("Iall?")
     with pytest.raises(InstrumentFault, match="unprompted"):
         source.get_currents()
-    assert emulator.commands.count("Iall?") == 3
+    assert emulator.commands.count("Iall?") == asked
 
 
 def q8iv_rig(port: str) -> dict:
@@ -195,5 +210,5 @@ def test_rig_check_on_a_dead_port_is_one_line_naming_the_instrument(emulator, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     # the port is gone (opening fails) or still listed but silent (the first query fails)
-    assert re.match(rf"error: Q8iv at ASRL{emulator.port}::INSTR: '(\(opening the port\)|nchan\?)' -> ",
+    assert re.match(rf"error: Q8iv at ASRL{emulator.port}::INSTR: '(\(opening the port\)|id\?)' -> ",
                     err[0]), err[0]

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 from pymeasure.instruments.keithley import Keithley2400
+from satlab.drivers.visa_session import discard_stale_replies, open_adapter
 
-from satlab.drivers.visa_session import open_adapter
 from satlab.instruments import CurrentSource, InstrumentFault
+from satlab.validation import OptionError, require_seconds
 
 SIMULATION = Path(__file__).with_name("sim.yaml")
 
@@ -27,10 +28,17 @@ class Keithley2400Source(CurrentSource):
     max_current = 1.05  # the 2400's current range
     probe = ("visa", "*IDN?", r"KEITHLEY.*MODEL 2400")  # how `satlab instruments` recognises one
 
+    @staticmethod
+    def check_options(compliance_voltage: float = 10.0, timeout_s: float = 2.0) -> None:
+        """Validate rig-file options before the instrument is opened."""
+        require_seconds("timeout_s", timeout_s)
+        if not (isinstance(compliance_voltage, (int, float)) and not isinstance(compliance_voltage, bool)
+                and 0 < compliance_voltage <= 210):
+            raise OptionError("compliance_voltage", f"expected volts in (0, 210], got {compliance_voltage!r}")
+
     def __init__(self, address, compliance_voltage: float = 10.0, timeout_s: float = 2.0) -> None:
         """``address``: a VISA resource (``…@sim``: the shipped simulation) or a pymeasure adapter."""
-        if not (isinstance(compliance_voltage, (int, float)) and 0 < compliance_voltage <= 210):
-            raise ValueError(f"compliance_voltage: expected 0 < V <= 210, got {compliance_voltage!r}")
+        self.check_options(compliance_voltage, timeout_s)
         self.name = f"Keithley 2400 at {address}"
         try:
             self.smu = Keithley2400(open_adapter(address, SIMULATION, timeout_s), name=self.name)
@@ -45,36 +53,39 @@ class Keithley2400Source(CurrentSource):
 
     def identify(self) -> str:
         """The instrument's *IDN? reply."""
-        return self._query("*IDN?", lambda: self.smu.id)
+        return self._exchange("*IDN?", lambda: self.smu.id)
 
     def set_currents(self, currents: np.ndarray) -> None:
         """Set the source current and read it back."""
         target = float(np.asarray(currents, dtype=float).reshape(-1)[0])
-        self._query(f":SOURCE:CURRENT {target:g}", lambda: setattr(self.smu, "source_current", target))
-        self._check(":SOURCE:CURRENT?", self._query(":SOURCE:CURRENT?", lambda: self.smu.source_current),
+        self._exchange(f":SOURCE:CURRENT {target:g}", lambda: setattr(self.smu, "source_current", target))
+        self._check(":SOURCE:CURRENT?", self._exchange(":SOURCE:CURRENT?", lambda: self.smu.source_current),
                     target)
 
     def get_currents(self) -> np.ndarray:
         """The source current setpoint (A)."""
-        return np.array([self._query(":SOURCE:CURRENT?", lambda: self.smu.source_current)])
+        return np.array([self._exchange(":SOURCE:CURRENT?", lambda: self.smu.source_current)])
 
     def set_output(self, enabled: bool) -> None:
         """Switch the output on or off, and read the state back."""
-        self._query(f"OUTPUT {int(enabled)}", lambda: setattr(self.smu, "source_enabled", enabled))
-        if self._query("OUTPUT?", lambda: self.smu.source_enabled) != enabled:
+        self._exchange(f"OUTPUT {int(enabled)}", lambda: setattr(self.smu, "source_enabled", enabled))
+        if self._exchange("OUTPUT?", lambda: self.smu.source_enabled) != enabled:
             raise InstrumentFault(self.name, "OUTPUT?", f"output did not switch {'on' if enabled else 'off'}")
 
     def close(self) -> None:
         """Release the VISA session."""
         self.smu.adapter.close()
 
-    def _query(self, command: str, action):
+    def _exchange(self, command: str, action):
         try:
             return action()
         except Exception as exc:  # pyvisa timeouts and I/O errors, unparsable replies
+            discard_stale_replies(self.smu.adapter)  # the next query must get its own answer
             raise InstrumentFault(self.name, command, f"{type(exc).__name__}: {exc}") from None
 
     def _check(self, command: str, got: object, expected: float) -> None:
-        if not (isinstance(got, (int, float)) and math.isclose(got, expected, rel_tol=1e-6,
+        # pymeasure sends settings with %g: 6 significant digits reach the instrument
+        if not (isinstance(got, (int, float)) and math.isclose(got, expected, rel_tol=1e-5,
                                                                abs_tol=1e-12)):
-            raise InstrumentFault(self.name, command, f"read back {got!r}, expected {expected:g}")
+            discard_stale_replies(self.smu.adapter)
+            raise InstrumentFault(self.name, command, f"read back {got!r}, expected {expected:.7g}")

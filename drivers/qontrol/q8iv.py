@@ -18,6 +18,7 @@ from pymeasure.adapters import SerialAdapter
 from pymeasure.instruments import Channel, Instrument
 
 from satlab.instruments import CurrentSource, InstrumentFault
+from satlab.validation import require_count, require_seconds
 
 ERRORS = {1: "over-voltage", 2: "over-current", 10: "unknown command", 11: "bad parameter",
           12: "bad channel"}
@@ -43,13 +44,14 @@ class Q8iv(Instrument):
         super().__init__(adapter, name, includeSCPI=False, read_termination="\n",
                          write_termination="\n", **kwargs)
         self._last = "(opening)"
+        self.identity = self.ask("id?")  # also the marker that resynchronises the line
         self.n_channels = self._count("nchan?")
         for ch in range(self.n_channels):
             self.add_child(Q8ivChannel, ch)
 
-    identity = Instrument.measurement("id?", "Type and serial of the first module.", cast=str)
-    full_scale_mA = Instrument.measurement("ifull?", "Full-scale current (mA).")
-    full_scale_V = Instrument.measurement("vfull?", "Full-scale voltage (V).")
+    def number(self, command: str) -> float:
+        """A query answered by one number; garbage or a cut-off line is a fault."""
+        return self._number(self.ask(command))
 
     def write(self, command: str, **kwargs) -> None:
         """Send one command after reading whatever the device sent unprompted."""
@@ -61,9 +63,17 @@ class Q8iv(Instrument):
             raise InstrumentFault(self.name, command, f"the port failed ({exc})") from None
 
     def read(self, **kwargs) -> str:
-        """One reply line; InstrumentFault for an error line, silence or a lost port."""
+        """One reply line; InstrumentFault for an error line, silence, a line cut off by the
+        timeout, or a lost port."""
         try:
-            reply = super().read(**kwargs).strip()
+            if isinstance(self.adapter, SerialAdapter):  # see the terminator, not only the text
+                raw = self.adapter.connection.read_until(b"\n")
+                if raw and not raw.endswith(b"\n"):
+                    raise InstrumentFault(self.name, self._last, f"reply cut off: {raw!r}",
+                                          transient=True)
+                reply = raw.decode("ascii", "replace").strip()
+            else:
+                reply = super().read(**kwargs).strip()
         except OSError as exc:
             raise InstrumentFault(self.name, self._last, f"the port failed ({exc})") from None
         if not reply:
@@ -109,6 +119,21 @@ class Q8iv(Instrument):
             what = f"error {line} ({ERRORS.get(code, 'device error')} on channel {ch})"
             raise InstrumentFault(self.name, "(unprompted)" if unprompted else self._last, what)
 
+    def resync(self, attempts: int = 3) -> None:
+        """Drop every line still on its way (late replies to timed-out commands): ask ``id?``
+        and read until its answer; ask again after a timeout of silence. The device answers
+        in order, so the next reply then answers the next command."""
+        connection = self.adapter.connection
+        try:
+            for _ in range(attempts):
+                connection.write(b"id?\n")
+                while line := connection.read_until(b"\n").decode("ascii", "replace").strip():
+                    if line == self.identity:
+                        return
+        except OSError as exc:
+            raise InstrumentFault(self.name, "(resynchronising)", f"the port failed ({exc})") from None
+        raise InstrumentFault(self.name, "id?", f"no answer to {attempts} tries: the line is lost")
+
     def _drain(self) -> None:
         connection = self.adapter.connection
         try:
@@ -131,6 +156,16 @@ class Q8ivSource(CurrentSource):
 
     probe = ("serial", "id?", r"^Q8iv-\d+")  # how `satlab instruments` recognises one
 
+    @staticmethod
+    def check_options(baud_rate: int = 115200, timeout_s: float = 1.0, modules: int | None = None,
+                      retries: int = 2) -> None:
+        """Validate rig-file options before any port is opened."""
+        require_count("baud_rate", baud_rate, 1)
+        require_seconds("timeout_s", timeout_s)
+        if modules is not None:
+            require_count("modules", modules, 1)
+        require_count("retries", retries, 0, highest=10)
+
     def __init__(self, address: str | None = None, baud_rate: int = 115200, timeout_s: float = 1.0,
                  modules: int | None = None, retries: int = 2, resource=None) -> None:
         """``address``: the serial port; or ``resource``: a simulated bench wired to an
@@ -139,9 +174,9 @@ class Q8ivSource(CurrentSource):
             raise ValueError("give the Q8iv an address (its serial port) or a resource, not both")
         address = address if address is not None else resource.port
         name = f"Q8iv at {address}"
-        try:
+        try:  # exclusive: a second program on the line would steal and inject replies
             adapter = SerialAdapter(serial_port(address), baudrate=baud_rate, timeout=timeout_s,
-                                    read_termination="\n", write_termination="\n")
+                                    exclusive=True, read_termination="\n", write_termination="\n")
         except OSError as exc:  # pyserial's SerialException: no such port, busy, no permission
             raise InstrumentFault(name, "(opening the port)", str(exc)) from None
         try:
@@ -150,7 +185,7 @@ class Q8ivSource(CurrentSource):
             if modules is not None and self.channels != modules * CHANNELS_PER_MODULE:
                 raise InstrumentFault(self.device.name, "nchan?", f"{self.channels} channels, but "
                                       f"the rig file says {modules} modules of 8")
-            full_scale_mA = self.device.full_scale_mA
+            full_scale_mA = self.device.number("ifull?")
             self.max_current = full_scale_mA * 1e-3
             # a setting is stored with 4 decimals: read-back agrees to that, or to one DAC step
             self._tolerance_mA = max(full_scale_mA / 2**16, 1e-4)
@@ -172,7 +207,7 @@ class Q8ivSource(CurrentSource):
             except InstrumentFault as fault:
                 if not fault.transient or attempt == self.retries:
                     raise
-                self.device.adapter.flush_read_buffer()  # a late reply must not answer the retry
+                self.device.resync()  # a late reply must not answer the retry
 
     def identify(self) -> str:
         """The first module's id and the chain behind it."""
@@ -182,21 +217,29 @@ class Q8ivSource(CurrentSource):
         return f"{self.device.identity} ({self.channels} channels; chain: {', '.join(chain)})"
 
     def apply_limits(self, max_current: np.ndarray) -> None:
-        """Program each channel's firmware limit (IMAX) to the rig file's."""
-        for ch, limit in zip(self.device.channels.values(), np.broadcast_to(max_current, self.channels)):
-            ch.current_limit_mA = float(limit) * 1e3
+        """Program each channel's firmware limit (IMAX) to the rig file's, read back."""
+        limits_mA = np.broadcast_to(max_current, self.channels) * 1e3
+        for k, (ch, limit_mA) in enumerate(zip(self.device.channels.values(), limits_mA)):
+            self._retrying(lambda: setattr(ch, "current_limit_mA", float(limit_mA)))
+            got = self._retrying(lambda: self.device.number(f"IMAX{k}?"))
+            if abs(got - limit_mA) > self._tolerance_mA:
+                raise InstrumentFault(self.device.name, f"IMAX{k}?", f"read back {got:g} mA after "
+                                      f"setting {limit_mA:g} mA")
 
     def set_currents(self, currents: np.ndarray) -> None:
         """Write every channel whose setpoint changes, and read each one back."""
         for k in np.flatnonzero(~(np.asarray(currents) == self._written)):
-            ch, target_mA = self.device.channels[int(k)], float(currents[k]) * 1e3
-            self._written[k] = np.nan  # unknown until the read-back agrees
-            self._retrying(lambda: setattr(ch, "current_mA", target_mA))
-            got = self._retrying(lambda: ch.current_mA)
-            if abs(got - target_mA) > self._tolerance_mA:
-                raise InstrumentFault(self.device.name, f"I{k}?", f"read back {got:g} mA after "
-                                      f"setting {target_mA:g} mA")
-            self._written[k] = currents[k]
+            self._write_checked(int(k), float(currents[k]))
+
+    def _write_checked(self, k: int, amps: float) -> None:
+        ch, target_mA = self.device.channels[k], amps * 1e3
+        self._written[k] = np.nan  # unknown until the read-back agrees
+        self._retrying(lambda: setattr(ch, "current_mA", target_mA))
+        got = self._retrying(lambda: self.device.number(f"I{k}?"))
+        if abs(got - target_mA) > self._tolerance_mA:
+            raise InstrumentFault(self.device.name, f"I{k}?", f"read back {got:g} mA after "
+                                  f"setting {target_mA:g} mA")
+        self._written[k] = amps
 
     def get_currents(self) -> np.ndarray:
         """Every channel's current (A), one ``Iall?``."""
@@ -206,6 +249,17 @@ class Q8ivSource(CurrentSource):
         """The Q8iv has no output switch: off means every channel at zero."""
         if not enabled:
             self.set_currents(np.zeros(self.channels))
+
+    def safe_state(self) -> None:
+        """Every channel to zero, read back: one failing channel does not stop the others."""
+        failures = []
+        for k in range(self.channels):
+            try:
+                self._write_checked(k, 0.0)
+            except InstrumentFault as fault:
+                failures.append(fault)
+        if failures:
+            raise failures[0]
 
     def close(self) -> None:
         """Release the serial port."""

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 from pymeasure.instruments.thorlabs import ThorlabsPM100USB
-
 from satlab.drivers.visa_session import open_adapter
+
 from satlab.instruments import InstrumentFault, Photodetector
+from satlab.validation import OptionError, require_count, require_seconds
 
 SIMULATION = Path(__file__).with_name("sim.yaml")
 
@@ -23,11 +24,19 @@ class Pm100Detector(Photodetector):
     channels = 1
     probe = ("visa", "*IDN?", r"Thorlabs,PM10\d")  # how `satlab instruments` recognises one
 
+    @staticmethod
+    def check_options(wavelength_nm: float = 1550.0, averages: int = 1, timeout_s: float = 2.0) -> None:
+        """Validate rig-file options before the meter is opened."""
+        require_seconds("timeout_s", timeout_s)
+        require_count("averages", averages, 1, highest=100_000)
+        if not (isinstance(wavelength_nm, (int, float)) and not isinstance(wavelength_nm, bool)
+                and math.isfinite(wavelength_nm) and wavelength_nm > 0):
+            raise OptionError("wavelength_nm", f"expected a wavelength in nm, got {wavelength_nm!r}")
+
     def __init__(self, address, wavelength_nm: float = 1550.0, averages: int = 1,
                  timeout_s: float = 2.0) -> None:
         """``address``: a VISA resource (``…@sim``: the shipped simulation) or a pymeasure adapter."""
-        if not (isinstance(averages, int) and not isinstance(averages, bool) and averages >= 1):
-            raise ValueError(f"averages: expected a positive integer, got {averages!r}")
+        self.check_options(wavelength_nm, averages, timeout_s)
         self.name, self.averages = f"PM100 at {address}", averages
         try:
             adapter = open_adapter(address, SIMULATION, timeout_s)
