@@ -16,7 +16,6 @@ finite extinction).
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 

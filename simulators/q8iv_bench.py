@@ -13,6 +13,7 @@ import math
 
 from satlab.simulators.mrr_bank import MrrBench
 from satlab.simulators.q8iv_emulator import CHANNELS_PER_MODULE, Q8ivEmulator
+
 from satlab.validation import OptionError
 
 

@@ -4,10 +4,10 @@ and prints a snippet that is a working rig file."""
 from __future__ import annotations
 
 import yaml
-
-from satlab.cli import main
 from satlab.drivers.keithley.k2400 import SIMULATION
 from satlab.simulators.q8iv_emulator import Q8ivEmulator
+
+from satlab.cli import main
 
 
 def test_discovery_recognises_the_emulated_q8iv_and_the_simulated_keithley(tmp_path, capsys):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from conftest import write_yaml
 from pymeasure.adapters import ProtocolAdapter
+from satlab.drivers.keithley.k2400 import Keithley2400Source
 
 from satlab.cli import main
-from satlab.drivers.keithley.k2400 import Keithley2400Source
 from satlab.instruments import InstrumentFault
 
 OPENING = [(":FORMAT:ELEMENTS VOLTAGE, CURRENT, RESISTANCE, TIME, STATUS", None),

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from conftest import write_yaml
 from pymeasure.adapters import ProtocolAdapter
+from satlab.drivers.thorlabs.pm100 import Pm100Detector
 
 from satlab.cli import main
-from satlab.drivers.thorlabs.pm100 import Pm100Detector
 from satlab.instruments import InstrumentFault
 
 SENSOR = [("SYST:SENSOR:IDN?", "S122C,12345678,10-Jan-2024,1,18,289")]
