@@ -70,6 +70,7 @@ class GradientEstimator:
 
     name = "base"
     forward_on_rig = True
+    perturbs = False  # probes the rig at controls +- step (the step must fit the control range)
     margin = 0.0  # distance controls keep from their bounds so perturbations stay legal
 
     def state_dict(self) -> dict:
@@ -95,6 +96,7 @@ class FiniteDifference(GradientEstimator):
     """Coordinate finite differences: 1 (forward) or 2 (central) rig queries per control."""
 
     name = "finite_difference"
+    perturbs = True
 
     def __init__(self, step: float = 1e-5, scheme: str = "central") -> None:
         _check_choice("scheme", scheme, ("central", "forward"))
@@ -132,6 +134,7 @@ class Spsa(GradientEstimator):
     """
 
     name = "spsa"
+    perturbs = True
 
     def __init__(self, step: float = 1e-5, directions: int = 8, scheme: str = "central",
                  seed: int = 0, distribution: str = "rademacher", blockwise: bool = False) -> None:

@@ -48,8 +48,10 @@ def require_count(name: str, value: object, lowest: int, highest: int | None = N
     """OptionError unless ``value`` is an integer in [lowest, highest]."""
     if not (isinstance(value, int) and not isinstance(value, bool) and value >= lowest
             and (highest is None or value <= highest)):
-        bound = f"from {lowest} to {highest}" if highest is not None else f">= {lowest}"
-        raise OptionError(name, f"expected an integer {bound}, got {value!r}")
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(
+            lowest, f"an integer from {lowest}")
+        bound = f" up to {highest}" if highest is not None else ""
+        raise OptionError(name, f"expected {kind}{bound}, got {value!r}")
 
 
 def require_seconds(name: str, value: object, longest: float = 600.0) -> None:

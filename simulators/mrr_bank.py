@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from satlab.validation import OptionError
+from satlab.validation import OptionError, require_count
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,7 @@ def bank_model(rows: int, cols: int, preset: str = "paper_system1", seed: int = 
                **overrides) -> MrrBankModel:
     """The bank model that rig-file options describe; OptionError names a bad option."""
     for key, value in (("rows", rows), ("cols", cols)):
-        if not (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_SIDE):
-            raise OptionError(key, f"expected a positive integer up to {MAX_SIDE}, got {value!r}")
+        require_count(key, value, 1, highest=MAX_SIDE)
     if preset not in PRESETS:
         raise OptionError("preset", f"expected one of {', '.join(sorted(PRESETS))}, got {preset!r}")
     if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32):

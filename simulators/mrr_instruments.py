@@ -12,11 +12,7 @@ import torch
 from satlab.simulators.mrr_bank import MrrBench
 
 from satlab.instruments import CurrentSource, InputModulator, Photodetector
-from satlab.validation import OptionError
-
-
-def _count(value: object, lowest: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= lowest
+from satlab.validation import OptionError, require_count
 
 
 class SimulatedHeaterSource(CurrentSource):
@@ -50,9 +46,8 @@ class SimulatedHeaterSource(CurrentSource):
                 raise OptionError(name, f"expected true or false, got {value!r}")
         if trace_file is not None and not isinstance(trace_file, str):
             raise OptionError("trace_file", f"expected a file path, got {trace_file!r}")
-        if fail_after_writes is not None and not _count(fail_after_writes, 0):
-            raise OptionError("fail_after_writes", f"expected a non-negative integer or null, "
-                                                   f"got {fail_after_writes!r}")
+        if fail_after_writes is not None:
+            require_count("fail_after_writes", fail_after_writes, 0)
 
     def identify(self) -> str:
         """Name the simulated device and its size."""
@@ -133,8 +128,7 @@ class SimulatedBalancedDetectors(Photodetector):
     @staticmethod
     def check_options(averages: int = 1) -> None:
         """Validate rig-file options without building detectors."""
-        if not (_count(averages, 1) and averages <= 10_000):
-            raise OptionError("averages", f"expected a positive integer up to 10000, got {averages!r}")
+        require_count("averages", averages, 1, highest=10_000)
 
     def identify(self) -> str:
         """Name the simulated device and its size."""

@@ -157,12 +157,19 @@ def test_epochs_flag_names_the_expectation(tmp_path, capsys):
     assert code == 2 and "--epochs: expected a positive integer, got '1e9'" in err
 
 
-def test_report_refuses_an_output_it_would_not_write(tmp_path, capsys):
+def method_folder(tmp_path, summary: str, metrics: str):
+    """A method folder of a run holding just these two files."""
     run = tmp_path / "run" / "sat"
     run.mkdir(parents=True)
-    (run / "summary.json").write_text('{"method": "sat", "estimator": "spsa", "rig_queries": 1, '
-                                      '"drift_sweep": [{"drift_K": 0.0, "accuracy": 0.5}]}')
-    (run / "metrics.csv").write_text("epoch,step,loss,train_acc,rig_queries,rig_seconds,wall_seconds\n")
+    (run / "summary.json").write_text(summary)
+    (run / "metrics.csv").write_text(metrics)
+    return run
+
+
+def test_report_refuses_an_output_it_would_not_write(tmp_path, capsys):
+    run = method_folder(tmp_path, '{"method": "sat", "estimator": "spsa", "rig_queries": 1, '
+                                  '"drift_sweep": [{"drift_K": 0.0, "accuracy": 0.5}]}',
+                        "epoch,step,loss,train_acc,rig_queries,rig_seconds,wall_seconds\n")
     code, _, err = run_cli(capsys, "report", run, "-o", tmp_path / "emptydir")
     assert code == 2 and "-o: expected a file ending in .png, .pdf, .svg" in one_line_error(err)
     assert not list(tmp_path.glob("emptydir*"))
@@ -176,23 +183,17 @@ def test_report_refuses_an_output_it_would_not_write(tmp_path, capsys):
      '[{"drift_K": NaN, "accuracy": 0.5}]}', "drift_sweep.0.drift_K"),
 ])
 def test_report_names_a_damaged_summary(summary, field, tmp_path, capsys):
-    run = tmp_path / "run" / "sat"
-    run.mkdir(parents=True)
-    (run / "summary.json").write_text(summary)
-    (run / "metrics.csv").write_text("epoch,step,loss\n")
+    run = method_folder(tmp_path, summary, "epoch,step,loss\n")
     code, _, err = run_cli(capsys, "report", run, "-o", tmp_path / "r.png")
     assert code == 2 and one_line_error(err).startswith(f"error: {run / 'summary.json'}: {field}")
 
 
 def test_report_names_a_damaged_metrics_file(tmp_path, capsys):
-    run = tmp_path / "run" / "sat"
-    run.mkdir(parents=True)
-    (run / "summary.json").write_text('{"method": "sat", "estimator": "spsa", "rig_queries": 1, '
-                                      '"drift_sweep": []}')
-    (run / "metrics.csv").write_text("epoch,step,loss,train_acc,rig_queries\n0,0,1.5,0.5,12\n0,1,garb")
+    run = method_folder(tmp_path, '{"method": "sat", "estimator": "spsa", "rig_queries": 1, '
+                                  '"drift_sweep": []}',
+                        "epoch,step,loss,train_acc,rig_queries\n0,0,1.5,0.5,12\n0,1,garb")
     code, _, err = run_cli(capsys, "report", run, "-o", tmp_path / "r.png")
     assert code == 2 and one_line_error(err).startswith(f"error: {run / 'metrics.csv'}: line 3")
-
 
 
 @pytest.mark.parametrize("exc,code,message", [
