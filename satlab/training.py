@@ -49,7 +49,8 @@ def check_model_matches_rig(cfg: RunConfig, spec: RigSpec, config_path: Path | s
         raise ConfigError(cfg.rig, "system", "training needs a system section with physical layers")
     system = system_for(spec, cfg.rig)
     span = system.control_span()
-    if ESTIMATORS[cfg.estimator.name].perturbs and span is not None and cfg.estimator.step * 4 > span[0]:
+    perturbs = ESTIMATORS[cfg.estimator.name].perturbs
+    if perturbs and span is not None and cfg.estimator.step * 4 > span[0]:
         raise ConfigError(config_path, "estimator.step",
                           f"{cfg.estimator.step:g} {span[1]} leaves no room for probes: the rig's "
                           f"controls span {span[0]:g} {span[1]}; expected at most a quarter of that")
