@@ -1,4 +1,4 @@
-"""Hardware interfaces that satlab's core talks to (SI units: A, W, s).
+"""Hardware interfaces that satlab's core talks to (SI units: A, W, s, m, rad).
 
 Concrete drivers (``satlab.drivers``) and simulated instruments
 (``satlab.simulators``) implement these; the core never imports them by name.
@@ -7,9 +7,12 @@ Concrete drivers (``satlab.drivers``) and simulated instruments
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+
+from satlab.phase_lut import PhaseLut
 
 
 class InstrumentFault(RuntimeError):
@@ -114,6 +117,117 @@ class Photodetector(Instrument):
         """Detectors have nothing to switch off."""
 
 
+class PhaseModulator(Instrument):
+    """A phase SLM: shows a phase mask (rad) as gray levels through its LUT.
+
+    The mask is wrapped to [0, 2π) and quantised to the nearest of the LUT's 2^bits
+    levels; whoever reads the light afterwards waits ``settle_time_s`` first (the liquid
+    crystal's response).
+    """
+
+    kind = "phase_modulator"
+    shape: tuple[int, int]  # device pixels (rows, cols)
+    pixel_pitch_m: float
+    settle_time_s: float
+    lut: PhaseLut
+
+    @property
+    def bit_depth(self) -> int:
+        """Bits per gray level."""
+        return self.lut.bits
+
+    def show_phase(self, phase: np.ndarray) -> np.ndarray:
+        """Show a phase mask of shape ``shape``; returns the gray levels shown."""
+        phase = np.asarray(phase, dtype=float)
+        if phase.shape != tuple(self.shape):
+            raise ValueError(f"a mask for this SLM has shape {tuple(self.shape)}, got {phase.shape}")
+        if not np.all(np.isfinite(phase)):
+            raise ValueError("a phase mask must be finite")
+        gray = self.lut.to_gray(phase)
+        self.show_gray(gray)
+        return gray
+
+    @abstractmethod
+    def show_gray(self, gray: np.ndarray) -> None:
+        """Show gray levels (shape ``shape``, integers below 2^bit_depth) as they are."""
+
+    def blank(self) -> None:
+        """Show gray level 0 everywhere."""
+        self.show_gray(np.zeros(self.shape, dtype=self.lut.dtype))
+
+    def safe_state(self) -> None:
+        """Blank: no pattern left on the modulator."""
+        self.blank()
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A camera's region of interest in sensor pixels."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """Frames as the camera gave them, with what is needed to trust them."""
+
+    counts: np.ndarray  # (frames, height, width) raw ADC counts
+    dark: np.ndarray | None  # (height, width) mean dark counts, if a dark frame was taken
+    saturated: np.ndarray  # (frames,) True where any pixel sits at full scale
+    exposure_s: float
+
+    @property
+    def signal(self) -> np.ndarray:
+        """Counts with the dark frame subtracted (float)."""
+        counts = self.counts.astype(float)
+        return counts - self.dark if self.dark is not None else counts
+
+
+class Camera(Instrument):
+    """An imaging detector: frames of raw counts over a region of interest."""
+
+    kind = "camera"
+    shape: tuple[int, int]  # sensor pixels (rows, cols)
+    pixel_pitch_m: float
+    bit_depth: int
+    exposure_s: float
+    roi: Roi
+    dark: np.ndarray | None = None
+
+    @abstractmethod
+    def set_exposure(self, seconds: float) -> None:
+        """Set the exposure time (s)."""
+
+    @abstractmethod
+    def grab(self, frames: int) -> np.ndarray:
+        """Raw counts of ``frames`` frames over the ROI, shape (frames, height, width)."""
+
+    def set_roi(self, roi: Roi) -> None:
+        """Restrict frames to ``roi`` (forgets a dark frame taken over another ROI)."""
+        rows, cols = self.shape
+        if not (0 <= roi.row and 0 <= roi.col and roi.height > 0 and roi.width > 0
+                and roi.row + roi.height <= rows and roi.col + roi.width <= cols):
+            raise ValueError(f"ROI {roi} does not fit the {rows}x{cols} sensor")
+        self.roi, self.dark = roi, None
+
+    def take_dark(self, frames: int = 16) -> np.ndarray:
+        """Average ``frames`` frames as the dark frame (the caller has blocked the light)."""
+        self.dark = self.grab(frames).mean(axis=0)
+        return self.dark
+
+    def acquire(self, frames: int = 1) -> Acquisition:
+        """Grab frames and flag the saturated ones."""
+        counts = self.grab(frames)
+        saturated = (counts >= 2**self.bit_depth - 1).any(axis=(1, 2))
+        return Acquisition(counts, self.dark, saturated, self.exposure_s)
+
+    def safe_state(self) -> None:
+        """Cameras have nothing to switch off."""
+
+
 INTERFACES: dict[str, type[Instrument]] = {
-    cls.kind: cls for cls in (CurrentSource, InputModulator, Photodetector)
+    cls.kind: cls for cls in (CurrentSource, InputModulator, Photodetector, PhaseModulator, Camera)
 }

@@ -1,0 +1,1 @@
+"""Instruments driven as a computer display (SLMs on a second monitor)."""

@@ -1,0 +1,1 @@
+"""Keysight optical power meters."""

@@ -1,0 +1,1 @@
+"""Instruments that replay recorded data, for dry runs."""
