@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 from PIL import ImageGrab
 
-from satlab import registry
+from satlab.drivers.display.slm import DisplaySlm
 from satlab.phase_lut import PhaseLut
 from satlab.validation import OptionError
-
-DisplaySlm = registry.lookup("display.slm")
 
 
 @pytest.fixture
