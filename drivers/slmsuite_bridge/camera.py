@@ -1,0 +1,81 @@
+"""Any slmsuite camera as a satlab Camera: exposure read back, ROI as slmsuite's window
+of interest, frames as raw counts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from satlab.drivers.slmsuite_bridge.models import build, check_model
+
+from satlab.instruments import Camera, InstrumentFault, Roi
+from satlab.validation import OptionError
+
+
+class SlmsuiteCamera(Camera):
+    """A camera of slmsuite (``model``: e.g. ``thorlabs.ThorCam``) with its ``settings``."""
+
+    @staticmethod
+    def check_options(model: object, settings: dict | None = None, exposure_s: float | None = None) -> None:
+        """Validate rig-file options before the camera is opened."""
+        check_model("camera", model)
+        if settings is not None and not isinstance(settings, dict):
+            raise OptionError("settings", f"expected a mapping of {model}'s arguments, got {settings!r}")
+        if exposure_s is not None and not (isinstance(exposure_s, (int, float)) and not isinstance(
+                exposure_s, bool) and math.isfinite(exposure_s) and 0 < exposure_s <= 60):
+            raise OptionError("exposure_s", f"expected seconds in (0, 60], got {exposure_s!r}")
+
+    def __init__(self, model: object, settings: dict | None = None, exposure_s: float | None = None) -> None:
+        """Open the camera over its whole sensor, at ``exposure_s`` if given."""
+        self.check_options(model, settings, exposure_s)
+        self.cam = build("camera", model, settings)
+        self.name = f"slmsuite {type(self.cam).__name__}"
+        self._call("set_woi(None)", self.cam.set_woi, None)
+        self.shape = tuple(int(n) for n in self.cam.shape)
+        self.roi = Roi(0, 0, *self.shape)
+        self.bit_depth = int(self.cam.bitdepth)
+        pitch = self.cam.pitch_um
+        self.pixel_pitch_m = float(pitch[0]) * 1e-6 if pitch is not None else math.nan
+        if exposure_s is not None:
+            self.set_exposure(exposure_s)
+
+    @property
+    def exposure_s(self) -> float:
+        """The camera's exposure time (s), as it reports it."""
+        return float(self._call("get_exposure()", self.cam.get_exposure))
+
+    def identify(self) -> str:
+        """Class, sensor size and bit depth."""
+        rows, cols = self.shape
+        return f"{self.name}: {cols}x{rows}, {self.bit_depth}-bit"
+
+    def set_exposure(self, seconds: float) -> None:
+        """Set the exposure and read it back."""
+        self._call(f"set_exposure({seconds:g})", self.cam.set_exposure, seconds)
+        got = self.exposure_s
+        if not math.isclose(got, seconds, rel_tol=1e-3):
+            raise InstrumentFault(self.name, f"set_exposure({seconds:g})", f"read back {got:g} s")
+
+    def set_roi(self, roi: Roi) -> None:
+        """Restrict frames to ``roi`` through the camera's window of interest."""
+        super().set_roi(roi)
+        self._call(f"set_woi({roi})", self.cam.set_woi, (roi.col, roi.width, roi.row, roi.height))
+
+    def grab(self, frames: int) -> np.ndarray:
+        """``frames`` raw frames over the ROI."""
+        images = np.asarray(self._call(f"get_images({frames})", self.cam.get_images, frames))
+        expected = (frames, self.roi.height, self.roi.width)
+        if images.shape != expected or images.dtype.kind not in "ui":
+            raise InstrumentFault(self.name, f"get_images({frames})",
+                                  f"frames of {images.shape} {images.dtype}, expected {expected} counts")
+        return images
+
+    def close(self) -> None:
+        """Close the camera through slmsuite."""
+        self.cam.close()
+
+    def _call(self, command: str, action, *args):
+        try:
+            return action(*args)
+        except Exception as exc:  # the vendor SDK's own errors
+            raise InstrumentFault(self.name, command, f"{type(exc).__name__}: {exc}") from None
