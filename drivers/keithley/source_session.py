@@ -1,0 +1,89 @@
+"""What satlab's Keithley current sources share: every exchange with the instrument either
+answers or is an InstrumentFault, and a setting counts only once the instrument reads it
+back. After a fault the replies still queued are dropped, so the next query gets its own
+answer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from pymeasure.instruments import Instrument
+from satlab.drivers.visa_session import discard_stale_replies
+
+from satlab.instruments import CurrentSource, InstrumentFault
+from satlab.validation import OptionError
+
+T = TypeVar("T")
+
+SIMULATION = Path(__file__).with_name("sim.yaml")  # every Keithley simulated, one resource each
+
+
+def check_compliance(compliance_voltage: object, highest: float) -> None:
+    """OptionError unless ``compliance_voltage`` is volts in (0, highest]."""
+    if not (isinstance(compliance_voltage, (int, float)) and not isinstance(compliance_voltage, bool)
+            and 0 < compliance_voltage <= highest):
+        raise OptionError("compliance_voltage",
+                          f"expected volts in (0, {highest:g}], got {compliance_voltage!r}")
+
+
+class KeithleySource(CurrentSource):
+    """A current source on the pymeasure instrument ``smu``, opened inside ``_opening()``."""
+
+    name: str
+    smu: Instrument
+
+    def identify(self) -> str:
+        """The instrument's *IDN? reply."""
+        return self._exchange("*IDN?", lambda: self.smu.id)
+
+    def close(self) -> None:
+        """Release the VISA session."""
+        self.smu.adapter.close()
+
+    @contextmanager
+    def _opening(self) -> Iterator[None]:
+        try:
+            yield
+        except InstrumentFault:
+            raise
+        except Exception as exc:  # pyvisa errors, timeouts, garbage replies
+            raise InstrumentFault(self.name, "(opening)", f"{type(exc).__name__}: {exc}") from None
+
+    def _exchange(self, command: str, action: Callable[[], T]) -> T:
+        try:
+            return action()
+        except Exception as exc:  # pyvisa timeouts and I/O errors, unparsable replies
+            discard_stale_replies(self.smu.adapter)  # the next query must get its own answer
+            raise InstrumentFault(self.name, command, f"{type(exc).__name__}: {exc}") from None
+
+    def _number(self, command: str, read: Callable[[], object]) -> float:
+        # pymeasure hands back the reply text when it is not a number (an error, a stale reply)
+        got = self._exchange(command, read)
+        if isinstance(got, bool) or not isinstance(got, (int, float)):
+            discard_stale_replies(self.smu.adapter)
+            raise InstrumentFault(self.name, command, f"not a number: {got!r}")
+        return float(got)
+
+    def _read_back(self, command: str, read: Callable[[], object], expected: float | str) -> None:
+        self._check(command, self._exchange(command, read), expected)
+
+    def _check(self, command: str, got: object, expected: float | str) -> None:
+        if isinstance(expected, str):
+            same, wanted = got == expected, repr(expected)
+        else:  # settings go out with %g: 6 significant digits reach the instrument
+            same = (isinstance(got, (int, float)) and not isinstance(got, bool)
+                    and math.isclose(got, expected, rel_tol=1e-5, abs_tol=1e-12))
+            wanted = f"{expected:.7g}"
+        if not same:
+            discard_stale_replies(self.smu.adapter)
+            raise InstrumentFault(self.name, command, f"read back {got!r}, expected {wanted}")
+
+    def _check_output(self, command: str, on: object, enabled: bool) -> None:
+        if on is not bool(enabled):
+            discard_stale_replies(self.smu.adapter)
+            raise InstrumentFault(self.name, command,
+                                  f"output did not switch {'on' if enabled else 'off'} (read {on!r})")
