@@ -1,0 +1,130 @@
+"""A diffractive network (D2NN): phase masks between free-space propagations, read by a
+camera's detector regions. The SAT paper's System 3 preset (shared/REFERENCES.md).
+
+Chain (System 3): the digit's amplitude (sqrt of its intensity, 64x64 zero-padded to
+128x128) → 5 mm → lens f → 4 mm → mask 1 → 2 mm → mask 2 → intensity threshold
+I' = ReLU(I − mean(I)/2) (amplitude sqrt(I')) → 4 mm → lens f → 5 mm → camera; ten 9x9
+detector regions in rows of 3-4-3 read the light, normalised by their total.
+
+The physics comes from ``optics``; this module only strings it together. Imperfections
+are arguments of the forward pass, so the same model is the twin (all zero) and the
+simulated bench (whatever the bench is set to).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from satlab.simulators import optics
+
+
+@dataclass(frozen=True)
+class D2nnParams:
+    """Geometry of a diffractive network (SI units)."""
+
+    wavelength: float = 532e-9
+    grid: int = 128
+    pitch: float = 2e-6
+    image: int = 64  # the input digit's size on the grid, zero-padded to ``grid``
+    focal_length: float = 5e-3
+    # distances: source → lens, lens → mask 1, mask k → mask k+1 ..., last mask → lens, lens → camera
+    to_lens: float = 5e-3
+    to_first_mask: float = 4e-3
+    between_masks: tuple[float, ...] = (2e-3,)
+    to_output_lens: float = 4e-3
+    to_camera: float = 5e-3
+    detector_px: int = 9
+    detector_layout: tuple[int, ...] = (3, 4, 3)
+    detector_spacing_px: int = 24
+    threshold: float = 0.5  # I' = ReLU(I − threshold·mean(I)); None-like 0 switches it off
+
+    @property
+    def masks(self) -> int:
+        """Number of phase masks."""
+        return len(self.between_masks) + 1
+
+
+PRESETS = {
+    "sat_system3": D2nnParams(),
+    # Lin et al. (Science 2018) style: five masks 3 cm apart at 0.4 THz, scaled here to
+    # the visible grid: five masks, no lenses' worth of change in the code path
+    "lin_5layer": D2nnParams(between_masks=(2e-3, 2e-3, 2e-3, 2e-3), threshold=0.0),
+}
+
+
+@dataclass(frozen=True)
+class D2nnImperfections:
+    """How a bench differs from the twin. Rotation and shift apply to every mask."""
+
+    mask_rotation_rad: float = 0.0
+    mask_shift_px: tuple[float, float] = (0.0, 0.0)
+    axial_error: float = 0.0  # m, added to every distance between masks
+    input_gain: float = 1.0  # input intensity fluctuation (a factor on the intensity)
+
+
+class D2nnModel(torch.nn.Module):
+    """Forward model: images (B, image, image) and masks (masks, grid, grid) rad → detector
+    signals (B, regions), each row summing to 1."""
+
+    def __init__(self, params: D2nnParams = D2nnParams()) -> None:
+        super().__init__()
+        self.params = p = params
+        shape = (p.grid, p.grid)
+        self.register_buffer("regions", optics.square_regions(shape, p.detector_px, p.detector_layout,
+                                                              p.detector_spacing_px), persistent=False)
+
+    def input_field(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Amplitude sqrt(intensity), centred on the grid."""
+        p = self.params
+        margin = (p.grid - p.image) // 2
+        amplitude = torch.sqrt(images.clamp(min=0).to(dtype))
+        return F.pad(amplitude, (margin, p.grid - p.image - margin) * 2).to(_complex(dtype))
+
+    def intensity(self, images: torch.Tensor, masks: torch.Tensor,
+                  bench: D2nnImperfections = D2nnImperfections()) -> torch.Tensor:
+        """Camera-plane intensity (B, grid, grid)."""
+        p = self.params
+        real = masks.dtype
+        field = self.input_field(images * bench.input_gain, real)
+        shape, lam = (p.grid, p.grid), p.wavelength
+        lens = optics.lens(shape, p.pitch, lam, p.focal_length, field.dtype, field.device)
+        field = optics.propagate(field, p.pitch, lam, p.to_lens) * lens
+        field = optics.propagate(field, p.pitch, lam, p.to_first_mask)
+        gaps = [*p.between_masks, None]
+        for mask, gap in zip(masks, gaps, strict=True):
+            if bench.mask_rotation_rad or any(bench.mask_shift_px):
+                mask = optics.affine_resample(mask, bench.mask_rotation_rad, bench.mask_shift_px)
+            field = field * torch.polar(torch.ones_like(mask), mask)
+            if gap is not None:
+                field = optics.propagate(field, p.pitch, lam, gap + bench.axial_error)
+        if p.threshold:
+            field = threshold(field, p.threshold)
+        field = optics.propagate(field, p.pitch, lam, p.to_output_lens) * lens
+        field = optics.propagate(field, p.pitch, lam, p.to_camera)
+        return field.real**2 + field.imag**2
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor,
+                bench: D2nnImperfections = D2nnImperfections()) -> torch.Tensor:
+        """Detector signals, normalised to sum to 1 per image."""
+        signals = optics.region_sums(self.intensity(images, masks, bench), self.regions)
+        return signals / signals.sum(-1, keepdim=True)
+
+
+def threshold(field: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The intensity-threshold nonlinearity: a real amplitude sqrt(ReLU(I − fraction·mean(I)))
+    (an optoelectronic stage: intensity in, light re-emitted without the old phase)."""
+    intensity = field.real**2 + field.imag**2
+    above = torch.relu(intensity - fraction * intensity.mean((-2, -1), keepdim=True))
+    return torch.sqrt(above).to(field.dtype)
+
+
+def _complex(real: torch.dtype) -> torch.dtype:
+    return torch.complex64 if real == torch.float32 else torch.complex128
+
+
+def logits(signals: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Normalised detector signals as logits for a cross-entropy loss."""
+    return signals / temperature
