@@ -24,11 +24,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from satlab.simulators.d2nn import D2nnModel, D2nnParams
+from satlab.simulators.optics import square_regions
 
 from satlab.data import load_offline_mnist
 from satlab.process import prepare_for_training
-from satlab.simulators.d2nn import D2nnModel, D2nnParams
-from satlab.simulators.optics import square_regions
 
 P = D2nnParams()
 

@@ -255,7 +255,7 @@ def _update_summary(run: Path, method: str, estimator: str, rig_queries: int,
 
 
 def cmd_rig_check(args: argparse.Namespace) -> int:
-    from satlab.instruments import Camera, CurrentSource, PhaseModulator, Photodetector
+    from satlab.instruments import Camera, CurrentSource, Photodetector
 
     spec = load_rig_file(args.rig_file)
     with Rig(spec, args.rig_file) as rig:
@@ -267,10 +267,6 @@ def cmd_rig_check(args: argparse.Namespace) -> int:
             elif isinstance(dev, Photodetector):
                 reading = dev.read()
                 line += f" | {dev.channels} ch, reading range [{reading.min():.3g}, {reading.max():.3g}] W"
-            elif isinstance(dev, PhaseModulator):
-                rows, cols = dev.shape
-                line += (f" | {cols}x{rows} px at {dev.pixel_pitch_m * 1e6:g} um, "
-                         f"{dev.bit_depth}-bit, blank")
             elif isinstance(dev, Camera):
                 shot = dev.acquire()
                 line += (f" | {dev.roi.width}x{dev.roi.height} px ROI, {dev.bit_depth}-bit, "

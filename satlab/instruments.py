@@ -121,20 +121,25 @@ class PhaseModulator(Instrument):
     """A phase SLM: shows a phase mask (rad) as gray levels through its LUT.
 
     The mask is wrapped to [0, 2π) and quantised to the nearest of the LUT's 2^bits
-    levels; whoever reads the light afterwards waits ``settle_time_s`` first (the liquid
-    crystal's response).
+    levels. The liquid crystal's response time is the rig file's ``settle_time``: the
+    rig (``Rig.show_phase``) makes readings wait for it.
     """
 
     kind = "phase_modulator"
+    name: str
     shape: tuple[int, int]  # device pixels (rows, cols)
     pixel_pitch_m: float
-    settle_time_s: float
     lut: PhaseLut
 
     @property
     def bit_depth(self) -> int:
         """Bits per gray level."""
         return self.lut.bits
+
+    def identify(self) -> str:
+        """Name, resolution, bit depth and pixel pitch."""
+        rows, cols = self.shape
+        return f"{self.name}: {cols}x{rows}, {self.bit_depth}-bit, {self.pixel_pitch_m * 1e6:g} um pitch"
 
     def show_phase(self, phase: np.ndarray) -> np.ndarray:
         """Show a phase mask of shape ``shape``; returns the gray levels shown."""
@@ -147,9 +152,18 @@ class PhaseModulator(Instrument):
         self.show_gray(gray)
         return gray
 
-    @abstractmethod
     def show_gray(self, gray: np.ndarray) -> None:
-        """Show gray levels (shape ``shape``, integers below 2^bit_depth) as they are."""
+        """Show integer gray levels (shape ``shape``, below 2^bit_depth) as they are."""
+        gray = np.asarray(gray)
+        if (gray.shape != tuple(self.shape) or gray.dtype.kind not in "ui"
+                or gray.min(initial=0) < 0 or gray.max(initial=0) >= 2**self.bit_depth):
+            raise ValueError(f"gray levels must be integers of shape {tuple(self.shape)} "
+                             f"in [0, {2**self.bit_depth})")
+        self._write_gray(gray.astype(self.lut.dtype))
+
+    @abstractmethod
+    def _write_gray(self, gray: np.ndarray) -> None:
+        """Put checked gray levels on the device."""
 
     def blank(self) -> None:
         """Show gray level 0 everywhere."""
@@ -205,12 +219,16 @@ class Camera(Instrument):
     def grab(self, frames: int) -> np.ndarray:
         """Raw counts of ``frames`` frames over the ROI, shape (frames, height, width)."""
 
-    def set_roi(self, roi: Roi) -> None:
-        """Restrict frames to ``roi`` (forgets a dark frame taken over another ROI)."""
+    def check_roi(self, roi: Roi) -> None:
+        """ValueError unless ``roi`` lies on the sensor."""
         rows, cols = self.shape
         if not (0 <= roi.row and 0 <= roi.col and roi.height > 0 and roi.width > 0
                 and roi.row + roi.height <= rows and roi.col + roi.width <= cols):
             raise ValueError(f"ROI {roi} does not fit the {rows}x{cols} sensor")
+
+    def set_roi(self, roi: Roi) -> None:
+        """Restrict frames to ``roi`` (forgets a dark frame taken over another ROI)."""
+        self.check_roi(roi)
         self.roi, self.dark = roi, None
 
     def take_dark(self, frames: int = 16) -> np.ndarray:

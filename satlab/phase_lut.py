@@ -42,8 +42,18 @@ class PhaseLut:
         """A calibration file: one phase (rad) per line, gray level 0 first."""
         try:
             return cls(np.loadtxt(path, dtype=float, ndmin=1))
-        except ValueError as exc:
+        except (OSError, ValueError) as exc:
             raise ValueError(f"{path}: {exc}") from None
+
+    @classmethod
+    def for_device(cls, lut_file: str | Path | None, bits: int) -> PhaseLut:
+        """The calibration in ``lut_file`` (checked to have 2^bits levels), else the ideal table."""
+        if lut_file is None:
+            return cls.linear(bits)
+        lut = cls.from_file(lut_file)
+        if lut.bits != bits:
+            raise ValueError(f"{lut_file} has {2**lut.bits} levels; the SLM's {bits} bits need {2**bits}")
+        return lut
 
     def to_gray(self, phase: np.ndarray) -> np.ndarray:
         """The gray level whose phase is nearest to each wrapped phase (2π wraps to level 0)."""

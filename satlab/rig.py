@@ -346,6 +346,14 @@ class Rig:
         self.instruments[name].load(values)  # type: ignore[attr-defined]
         self._settled_after(name)
 
+    def show_phase(self, name: str, phase: np.ndarray) -> np.ndarray:
+        """Show a phase mask (rad) on an SLM; readings wait its settle_time. Returns the gray levels."""
+        wait_until(self._quiet_until)
+        gray = self.instruments[name].show_phase(phase)  # type: ignore[attr-defined]
+        self._log(name, "show_phase", gray)
+        self._settled_after(name)
+        return gray
+
     def read(self, name: str) -> np.ndarray:
         """Read a detector (W), one row per loaded input pattern, once earlier writes have settled.
 

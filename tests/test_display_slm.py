@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
+import time
 
 import numpy as np
 import pytest
+from conftest import SATLAB
 from PIL import ImageGrab
-
 from satlab.drivers.display.slm import DisplaySlm
+
+from satlab import rig as rig_module
 from satlab.phase_lut import PhaseLut
+from satlab.rig import Rig
+from satlab.rigfile import RigSpec
 from satlab.validation import OptionError
 
 
 @pytest.fixture
 def display(xvfb):
     if xvfb is None:  # a failure, not a skip: the SLM path would go untested
-        pytest.fail("Xvfb is not installed (apt-get install xvfb libgl1-mesa-dri libglx-mesa0)")
+        pytest.fail("Xvfb is not installed (apt-get install xvfb libgl1-mesa-dri libglx-mesa0 libgl1)")
     return xvfb
 
 
@@ -76,8 +80,10 @@ def test_bad_options_are_refused_before_a_window_opens(display, tmp_path):
         DisplaySlm.check_options(bit_depth=10)
     short = tmp_path / "short.txt"
     np.savetxt(short, np.linspace(0, 6, 16))
-    with pytest.raises(OptionError, match="16 levels, bit_depth 8 needs 256"):
+    with pytest.raises(OptionError, match="16 levels; the SLM's 8 bits need 256"):
         DisplaySlm(screen=0, lut_file=str(short))
+    with pytest.raises(OptionError, match="does not fit monitor 0"):
+        DisplaySlm(screen=0, fullscreen=False, shape=[700, 100])
 
 
 def test_a_windowed_slm_of_a_given_shape(display):
@@ -88,15 +94,38 @@ def test_a_windowed_slm_of_a_given_shape(display):
             slm.show_phase(np.zeros((96, 64)))
         with pytest.raises(ValueError, match="finite"):
             slm.show_phase(np.full((64, 96), np.nan))
+        with pytest.raises(ValueError, match="integers"):
+            slm.show_gray(np.full((64, 96), 3.7))  # would be truncated silently
+        with pytest.raises(ValueError, match="in \\[0, 256\\)"):
+            slm.show_gray(np.full((64, 96), 256))
     finally:
         slm.close()
 
 
-def test_rig_check_opens_the_slm_and_leaves_it_blank(display, tmp_path):
+def test_rig_check_opens_the_slm_and_a_missing_display_is_one_fault(display, tmp_path):
     rig = tmp_path / "slm-rig.yaml"
     rig.write_text("name: slm-only\ninstruments:\n  mask:\n    kind: phase_modulator\n"
                    "    driver: display.slm\n    options: {screen: 0, pixel_pitch_um: 8}\n")
-    out = subprocess.run([sys.executable, "-m", "satlab", "rig", "check", str(rig)],
-                         capture_output=True, text=True, env=os.environ)
+    out = subprocess.run([SATLAB, "rig", "check", str(rig)], capture_output=True, text=True, env=os.environ)
     assert out.returncode == 0, out.stderr
-    assert "mask" in out.stdout and "800x600 px at 8 um, 8-bit, blank" in out.stdout
+    assert "display SLM on monitor 0: 800x600, 8-bit, 8 um pitch" in out.stdout
+    gone = subprocess.run([SATLAB, "rig", "check", str(rig)], capture_output=True, text=True,
+                          env={**os.environ, "DISPLAY": ":97"})  # no X server there
+    assert gone.returncode == 1
+    assert gone.stderr.count("\n") == 1 and "display SLM on monitor 0" in gone.stderr
+
+
+def test_readings_after_a_mask_wait_for_the_slms_settle_time(display, monkeypatch):
+    waited = []
+    monkeypatch.setattr(rig_module, "wait_until", waited.append)  # the deadlines asked for
+    spec = RigSpec.model_validate({"name": "slm-and-meter", "instruments": {
+        "mask": {"kind": "phase_modulator", "driver": "display.slm", "options": {"screen": 0},
+                 "settle_time": 0.25},
+        "meter": {"kind": "photodetector", "driver": "thorlabs.pm100",
+                  "address": "USB0::0x1313::0x8072::P2000000::INSTR@sim"}}})
+    with Rig(spec) as rig:
+        before = time.perf_counter()
+        gray = rig.show_phase("mask", np.full(rig.instruments["mask"].shape, np.pi))
+        assert int(gray[0, 0]) == 128 and rig.commands[-1].action == "show_phase"
+        rig.read("meter")
+    assert waited[-1] >= before + 0.25  # the reading was held until the mask had settled

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-
+from conftest import SATLAB
 from satlab.drivers.replay.camera import ReplayCamera, record
+
 from satlab.instruments import InstrumentFault, Roi
 from satlab.validation import OptionError
 
@@ -53,6 +53,9 @@ def test_a_recording_without_loop_runs_out_as_a_fault(recording):
     cam.grab(4)
     with pytest.raises(InstrumentFault, match="ends after 5 frames"):
         cam.grab(2)
+    for frames in (0, -3):
+        with pytest.raises(ValueError, match="positive number of frames"):
+            cam.grab(frames)
 
 
 def test_only_the_recorded_exposure_exists(recording):
@@ -93,12 +96,12 @@ def test_rig_check_reads_a_frame(recording, tmp_path):
     rig = tmp_path / "cam-rig.yaml"
     rig.write_text(f"name: camera-only\ninstruments:\n  cam:\n    kind: camera\n"
                    f"    driver: replay.camera\n    options: {{file: '{path}'}}\n")
-    out = subprocess.run([sys.executable, "-m", "satlab", "rig", "check", str(rig)],
+    out = subprocess.run([SATLAB, "rig", "check", str(rig)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "16x12 px ROI, 12-bit, max" in out.stdout and "5 frames of 16x12" in out.stdout
     bad = tmp_path / "bad-rig.yaml"
     bad.write_text(rig.read_text().replace(str(path), str(tmp_path / "missing.npz")))
-    out = subprocess.run([sys.executable, "-m", "satlab", "rig", "check", str(bad)],
+    out = subprocess.run([SATLAB, "rig", "check", str(bad)],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "instruments.cam.options.file" in out.stderr

@@ -82,6 +82,8 @@ class ReplayCamera(Camera):
 
     def grab(self, frames: int) -> np.ndarray:
         """The next ``frames`` recorded frames over the ROI."""
+        if not (isinstance(frames, int) and frames >= 1):
+            raise ValueError(f"expected a positive number of frames, got {frames!r}")
         total = len(self.frames)
         if not self.loop and self.next_frame + frames > total:
             raise InstrumentFault(self.name, f"grab({frames})",

@@ -6,7 +6,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from satlab.drivers.slmsuite_bridge.models import build, check_model
+from satlab.drivers.slmsuite_bridge.models import (
+    build,
+    check_model,
+    check_settings,
+    close_on_failure,
+)
 
 from satlab.instruments import Camera, InstrumentFault, Roi
 from satlab.validation import OptionError
@@ -19,8 +24,7 @@ class SlmsuiteCamera(Camera):
     def check_options(model: object, settings: dict | None = None, exposure_s: float | None = None) -> None:
         """Validate rig-file options before the camera is opened."""
         check_model("camera", model)
-        if settings is not None and not isinstance(settings, dict):
-            raise OptionError("settings", f"expected a mapping of {model}'s arguments, got {settings!r}")
+        check_settings(model, settings)
         if exposure_s is not None and not (isinstance(exposure_s, (int, float)) and not isinstance(
                 exposure_s, bool) and math.isfinite(exposure_s) and 0 < exposure_s <= 60):
             raise OptionError("exposure_s", f"expected seconds in (0, 60], got {exposure_s!r}")
@@ -28,8 +32,14 @@ class SlmsuiteCamera(Camera):
     def __init__(self, model: object, settings: dict | None = None, exposure_s: float | None = None) -> None:
         """Open the camera over its whole sensor, at ``exposure_s`` if given."""
         self.check_options(model, settings, exposure_s)
-        self.cam = build("camera", model, settings)
+        self.name = f"slmsuite {model if isinstance(model, str) else type(model).__name__}"
+        self.cam = build("camera", model, settings, self.name)
         self.name = f"slmsuite {type(self.cam).__name__}"
+        close_on_failure(self.cam, lambda: self._open(exposure_s))
+
+    def _open(self, exposure_s: float | None) -> None:
+        if tuple(self.cam.binning) != (1, 1):  # ROIs are in sensor pixels
+            raise InstrumentFault(self.name, "binning", f"{tuple(self.cam.binning)}; set it to 1 in settings")
         self._call("set_woi(None)", self.cam.set_woi, None)
         self.shape = tuple(int(n) for n in self.cam.shape)
         self.roi = Roi(0, 0, *self.shape)
@@ -57,9 +67,13 @@ class SlmsuiteCamera(Camera):
             raise InstrumentFault(self.name, f"set_exposure({seconds:g})", f"read back {got:g} s")
 
     def set_roi(self, roi: Roi) -> None:
-        """Restrict frames to ``roi`` through the camera's window of interest."""
+        """Restrict frames to ``roi`` through the camera's window of interest, as set."""
+        self.check_roi(roi)
+        window = (roi.col, roi.width, roi.row, roi.height)
+        got = self._call(f"set_woi({window})", self.cam.set_woi, window)
+        if tuple(int(v) for v in got) != window:  # hardware may snap the origin to its steps
+            raise InstrumentFault(self.name, f"set_woi({window})", f"the camera set {tuple(got)}")
         super().set_roi(roi)
-        self._call(f"set_woi({roi})", self.cam.set_woi, (roi.col, roi.width, roi.row, roi.height))
 
     def grab(self, frames: int) -> np.ndarray:
         """``frames`` raw frames over the ROI."""

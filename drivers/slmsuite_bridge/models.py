@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import re
 
+from satlab.instruments import InstrumentFault
 from satlab.validation import OptionError
 
 PACKAGES = {"slm": "slmsuite.hardware.slms", "camera": "slmsuite.hardware.cameras"}
@@ -26,7 +28,13 @@ def check_model(kind: str, model: object) -> None:
         raise OptionError("model", f"slmsuite has no {kind} module {model.split('.')[0]!r}")
 
 
-def build(kind: str, model: object, settings: dict | None) -> object:
+def check_settings(model: object, settings: object) -> None:
+    """OptionError unless ``settings`` is a mapping of the class's arguments."""
+    if settings is not None and not isinstance(settings, dict):
+        raise OptionError("settings", f"expected a mapping of {model}'s arguments, got {settings!r}")
+
+
+def build(kind: str, model: object, settings: dict | None, name: str) -> object:
     """The slmsuite object: ``model`` built with ``settings``, or ``model`` itself if already built."""
     if not isinstance(model, str):
         return model
@@ -34,4 +42,17 @@ def build(kind: str, model: object, settings: dict | None) -> object:
     found = getattr(importlib.import_module(f"{PACKAGES[kind]}.{module}"), cls, None)
     if found is None:
         raise OptionError("model", f"{PACKAGES[kind]}.{module} has no class {cls!r}")
-    return found(**(settings or {}))
+    try:
+        return found(**(settings or {}))
+    except Exception as exc:  # the vendor SDK's own errors: no device, wrong serial, ...
+        raise InstrumentFault(name, f"{model}(...)", f"{type(exc).__name__}: {exc}") from None
+
+
+def close_on_failure(device: object, opening) -> None:
+    """Run ``opening``; if it fails, close ``device`` before the error goes on."""
+    try:
+        opening()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the opening's error is the one to report
+            device.close()
+        raise
