@@ -48,8 +48,8 @@ class D2nnParams:
 
 PRESETS = {
     "sat_system3": D2nnParams(),
-    # Lin et al. (Science 2018) style: five masks 3 cm apart at 0.4 THz, scaled here to
-    # the visible grid: five masks, no lenses' worth of change in the code path
+    # Lin et al. (Science 2018) style: an all-optical stack of five masks (theirs 3 cm apart
+    # at 0.4 THz), here 2 mm apart on the visible grid, no nonlinearity
     "lin_5layer": D2nnParams(between_masks=(2e-3, 2e-3, 2e-3, 2e-3), threshold=0.0),
 }
 
@@ -61,7 +61,6 @@ class D2nnImperfections:
     mask_rotation_rad: float = 0.0
     mask_shift_px: tuple[float, float] = (0.0, 0.0)
     axial_error: float = 0.0  # m, added to every distance between masks
-    input_gain: float = 1.0  # input intensity fluctuation (a factor on the intensity)
 
 
 class D2nnModel(torch.nn.Module):
@@ -87,7 +86,7 @@ class D2nnModel(torch.nn.Module):
         """Camera-plane intensity (B, grid, grid)."""
         p = self.params
         real = masks.dtype
-        field = self.input_field(images * bench.input_gain, real)
+        field = self.input_field(images, real)
         shape, lam = (p.grid, p.grid), p.wavelength
         lens = optics.lens(shape, p.pitch, lam, p.focal_length, field.dtype, field.device)
         field = optics.propagate(field, p.pitch, lam, p.to_lens) * lens
