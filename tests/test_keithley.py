@@ -12,9 +12,20 @@ from satlab.drivers.keithley.k2400 import Keithley2400Source
 from satlab.cli import main
 from satlab.instruments import InstrumentFault
 
+# the output goes off before anything else changes: a unit left on would source it
 OPENING = [(":FORMAT:ELEMENTS VOLTAGE, CURRENT, RESISTANCE, TIME, STATUS", None),
-           (":SOURCE:FUNCTION CURR", None), (":SENSE:VOLTAGE:PROTECTION 5", None),
-           (":SENSE:VOLTAGE:PROTECTION?", "5")]
+           ("OUTPUT 0", None), ("OUTPUT?", "0"),
+           (":SOURCE:FUNCTION CURR", None), (":SOURCE:FUNCTION?", "CURR"),
+           (":SENSE:VOLTAGE:PROTECTION 5", None), (":SENSE:VOLTAGE:PROTECTION?", "5")]
+
+
+class ObservedAdapter(ProtocolAdapter):
+    """A protocol adapter that remembers being closed."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def opened(pairs: list) -> tuple[Keithley2400Source, ProtocolAdapter]:
@@ -40,6 +51,21 @@ def test_a_setting_that_does_not_read_back_is_a_fault():
         source.set_currents(np.array([0.0035]))
 
 
+@pytest.mark.parametrize(("replies", "match"), [
+    (OPENING[:2] + [("OUTPUT?", "1")], r"'OUTPUT\?' -> output did not switch off \(read True\)"),
+    (OPENING[:4] + [(":SOURCE:FUNCTION?", "VOLT")],
+     r"':SOURCE:FUNCTION\?' -> read back 'voltage', expected 'current'"),
+    (OPENING[:6] + [(":SENSE:VOLTAGE:PROTECTION?", "21")],
+     r"':SENSE:VOLTAGE:PROTECTION\?' -> read back 21.0, expected 5"),
+    (OPENING[:3], r"'\(opening\)' -> ValueError: No communication pair left"),  # pymeasure's error
+], ids=["output", "mode", "compliance", "pymeasure error"])
+def test_a_failed_opening_is_a_fault_and_closes_the_adapter(replies, match):
+    adapter = ObservedAdapter(replies)
+    with pytest.raises(InstrumentFault, match=match):
+        Keithley2400Source(adapter, compliance_voltage=5)
+    assert adapter.closed  # the rig never holds a source that failed to open: nobody else would
+
+
 SIM = "GPIB0::24::INSTR@sim"
 
 
@@ -53,6 +79,7 @@ def test_through_pyvisa_against_the_shipped_simulation():
         assert source.get_currents() == pytest.approx([0.012])
         source.safe_state()
         assert source.get_currents() == [0.0] and source.smu.source_enabled is False
+        assert source.smu.ask(":SOURCE:FUNCTION?").strip() == "CURR"
         source.smu.write(":SOURCE:CURRENT 2")  # beyond the 2400's range: the instrument refuses
         with pytest.raises(InstrumentFault, match=r"read back 'ERROR', expected 0.001"):
             source.set_currents(np.array([0.001]))
@@ -79,3 +106,15 @@ def test_a_reply_left_by_an_earlier_session_does_not_answer_the_next_one():
         assert second.smu.compliance_voltage == 7
     finally:
         second.close()
+
+
+def test_opening_switches_off_a_unit_left_on_in_voltage_mode():
+    left = Keithley2400Source(SIM)
+    left.smu.write(":SOURCE:FUNCTION VOLT")  # another program's session, output on
+    left.smu.write("OUTPUT 1")
+    left.close()
+    source = Keithley2400Source(SIM)
+    try:
+        assert source.smu.source_enabled is False and source.smu.source_mode == "current"
+    finally:
+        source.close()

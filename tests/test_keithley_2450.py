@@ -3,11 +3,13 @@ end to end through pyvisa against the shipped pyvisa-sim simulation."""
 
 from __future__ import annotations
 
+import gc
 import re
 
 import numpy as np
 import pytest
 from conftest import write_yaml
+from pymeasure.adapters import ProtocolAdapter, VISAAdapter
 from pymeasure.test import expected_protocol
 from satlab.drivers.keithley.k2450 import Keithley2450Source
 from satlab.drivers.keithley.source_session import SIMULATION
@@ -16,7 +18,9 @@ from satlab.cli import main
 from satlab.instruments import InstrumentFault
 from satlab.validation import OptionError
 
-OPENING = [(":SOUR:FUNC CURR", None), (":SOUR:FUNC?", "CURR"),
+# the output goes off before anything else changes: a unit left on would source it
+OPENING = [("OUTPUT 0", None), ("OUTPUT?", "0"),
+           (":SOUR:FUNC CURR", None), (":SOUR:FUNC?", "CURR"),
            (":SOUR:CURR:VLIM 5", None), (":SOUR:CURR:VLIM?", "5.000000E+00")]
 
 
@@ -36,15 +40,19 @@ def test_opening_sets_current_mode_and_the_compliance_and_every_setting_is_read_
 
 
 @pytest.mark.parametrize(("replies", "match"), [
-    ([(":SOUR:FUNC CURR", None), (":SOUR:FUNC?", "VOLT")],
+    (OPENING[:1] + [("OUTPUT?", "1")], r"'OUTPUT\?' -> output did not switch off \(read True\)"),
+    (OPENING[:3] + [(":SOUR:FUNC?", "VOLT")],
      r"':SOUR:FUNC\?' -> read back 'voltage', expected 'current'"),
-    (OPENING[:3] + [(":SOUR:CURR:VLIM?", "2.100000E+01")],
+    (OPENING[:5] + [(":SOUR:CURR:VLIM?", "2.100000E+01")],
      r"':SOUR:CURR:VLIM\?' -> read back 21.0, expected 5"),
-], ids=["mode", "compliance"])
-def test_an_opening_setting_that_does_not_read_back_is_a_fault(replies, match):
-    with pytest.raises(InstrumentFault, match=match), \
-            expected_protocol(Keithley2450Source, replies, compliance_voltage=5):
-        pass
+    (OPENING[:2], r"'\(opening\)' -> ValueError: No communication pair left"),  # pymeasure's error
+], ids=["output", "mode", "compliance", "pymeasure error"])
+def test_an_opening_setting_that_does_not_read_back_is_a_fault_and_closes_the_adapter(replies,
+                                                                                      match):
+    adapter = ObservedAdapter(replies)
+    with pytest.raises(InstrumentFault, match=match):
+        Keithley2450Source(adapter, compliance_voltage=5)
+    assert adapter._index == len(replies) and adapter.closed  # nobody else would close it
 
 
 def test_a_current_or_output_that_does_not_read_back_is_a_fault():
@@ -87,6 +95,15 @@ def test_the_probe_recognises_the_2450s_identification_and_no_other_keithley():
     assert not pattern.search("KEITHLEY INSTRUMENTS INC.,MODEL 2400,4001234,C32")
 
 
+class ObservedAdapter(ProtocolAdapter):
+    """A protocol adapter that remembers being closed."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
 SIM = "GPIB0::25::INSTR@sim"
 
 
@@ -107,10 +124,34 @@ def test_through_pyvisa_against_the_shipped_simulation():
         source.close()
 
 
-def test_a_compliance_the_instrument_refuses_is_a_fault_on_opening():
+def test_a_compliance_the_instrument_refuses_is_a_fault_on_opening_and_closes_the_session(
+        monkeypatch):
+    gc.collect()  # earlier tests' adapters, closed again when freed, are not this one
+    closed = []  # resource names only: an adapter held here would be closed again when freed
+    close = VISAAdapter.close
+
+    def recorded(adapter):
+        closed.append(adapter.resource_name)
+        close(adapter)
+
+    monkeypatch.setattr(VISAAdapter, "close", recorded)
     with pytest.raises(InstrumentFault, match=r"':SOUR:CURR:VLIM\?' -> read back 'ERROR', "
-                                              r"expected 0.01"):
+                                              r"expected 0.01") as fault:
         Keithley2450Source(SIM, compliance_voltage=0.01)  # below the 2450's 20 mV
+    # closed while the fault (its traceback holding the half-opened source) is still alive
+    assert closed == ["GPIB0::25::INSTR"] and fault.value
+
+
+def test_opening_switches_off_a_unit_left_on_in_voltage_mode():
+    left = Keithley2450Source(SIM)
+    left.smu.write(":SOUR:FUNC VOLT")  # another program's session, output on
+    left.smu.write("OUTPUT 1")
+    left.close()
+    source = Keithley2450Source(SIM)
+    try:
+        assert source.smu.source_enabled is False and source.smu.source_mode == "current"
+    finally:
+        source.close()
 
 
 def test_a_reply_left_by_an_earlier_session_does_not_answer_the_next_one():

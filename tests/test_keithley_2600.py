@@ -3,12 +3,14 @@ end to end through pyvisa against the shipped pyvisa-sim simulation of a 2602B."
 
 from __future__ import annotations
 
+import gc
 import re
 import warnings
 
 import numpy as np
 import pytest
 from conftest import write_yaml
+from pymeasure.adapters import ProtocolAdapter, VISAAdapter
 from pymeasure.test import expected_protocol
 from satlab.drivers.keithley.k2600 import Keithley2600Source
 from satlab.drivers.keithley.source_session import SIMULATION
@@ -18,10 +20,16 @@ from satlab.instruments import InstrumentFault
 from satlab.validation import OptionError
 
 
-def opening(smu: str) -> list:
-    """What opening sends to one channel, with the replies of an instrument that obeys."""
+def configure(smu: str) -> list:
+    """What opening sets on one channel, with the replies of an instrument that obeys."""
     return [(f"{smu}.source.func=0", None), (f"print({smu}.source.func)", "0.00000e+00"),
             (f"{smu}.source.limitv=5.000000", None), (f"print({smu}.source.limitv)", "5.00000e+00")]
+
+
+def opening(*smus: str) -> list:
+    """Every channel's output off first (one left on would source it), then each set up."""
+    return [pair for smu in smus for pair in output(smu, 0)] + [
+        pair for smu in smus for pair in configure(smu)]
 
 
 def level(smu: str, sent: str, reply: str) -> list:
@@ -54,7 +62,7 @@ def test_one_channel_drives_smua_only_and_every_setting_is_read_back():
 
 
 def test_two_channels_drive_smua_and_smub():
-    with expected_protocol(Keithley2600Source, opening("smua") + opening("smub") + [
+    with expected_protocol(Keithley2600Source, opening("smua", "smub") + [
             *level("smua", "0.0035", "3.50000e-03"), *level("smub", "1e-05", "1.00000e-05"),
             *output("smua", 1), *output("smub", 1),
             ("print(smua.source.leveli)", "3.50000e-03"), ("print(smub.source.leveli)", "1.00000e-05"),
@@ -68,22 +76,55 @@ def test_two_channels_drive_smua_and_smub():
         source.safe_state()
 
 
+class ObservedAdapter(ProtocolAdapter):
+    """A protocol adapter that remembers being closed."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+OFF = output("smua", 0) + output("smub", 0)  # both outputs off, before either is set up
+
+
 @pytest.mark.parametrize(("replies", "match"), [
-    ([("smua.source.func=0", None), ("print(smua.source.func)", "1.00000e+00")],
+    (output("smua", 0) + output("smub", 0, "1.00000e+00"),
+     r"'print\(smub.source.output\)' -> output did not switch off \(read True\)"),
+    (output("smua", 0, "0.00000e+00,0.00000e+00"),  # not ON/OFF: must not pass for off
+     r"'print\(smua.source.output\)' -> output did not switch off \(read \[0.0, 0.0\]\)"),
+    (OFF + [("smua.source.func=0", None), ("print(smua.source.func)", "1.00000e+00")],
      r"'print\(smua.source.func\)' -> read back 'voltage', expected 'current'"),
-    (opening("smua")[:3] + [("print(smua.source.limitv)", "2.00000e+01")],
+    (OFF + configure("smua")[:3] + [("print(smua.source.limitv)", "2.00000e+01")],
      r"'print\(smua.source.limitv\)' -> read back 20.0, expected 5"),
-    (opening("smua") + opening("smub")[:3] + [("print(smub.source.limitv)", "ERROR")],
+    (opening("smua", "smub")[:-1] + [("print(smub.source.limitv)", "ERROR")],
      r"'print\(smub.source.limitv\)' -> read back 'ERROR', expected 5"),
-], ids=["mode", "compliance", "smub compliance"])
-def test_an_opening_setting_that_does_not_read_back_is_a_fault(replies, match):
-    with pytest.raises(InstrumentFault, match=match), \
-            expected_protocol(Keithley2600Source, replies, compliance_voltage=5, channels=2):
-        pass
+    (OFF, r"'\(opening\)' -> ValueError: No communication pair left"),  # pymeasure's error
+], ids=["smub output", "output garbage", "mode", "compliance", "smub compliance",
+        "pymeasure error"])
+def test_an_opening_setting_that_does_not_read_back_is_a_fault_and_closes_the_adapter(replies,
+                                                                                      match):
+    adapter = ObservedAdapter(replies)
+    with pytest.raises(InstrumentFault, match=match):
+        Keithley2600Source(adapter, compliance_voltage=5, channels=2)
+    assert adapter._index == len(replies) and adapter.closed  # nobody else would close it
+
+
+@pytest.mark.parametrize(("reply", "read"), [
+    ("0.00000e+00,0.00000e+00", r"\[0.0, 0.0\]"),  # a list: it is not "ON", but not "OFF" either
+    ("nil", None),  # pymeasure finds no such state
+])
+def test_an_output_state_that_is_neither_on_nor_off_is_a_fault(reply, read):
+    with expected_protocol(Keithley2600Source, opening("smua") + output("smua", 0, reply),
+                           compliance_voltage=5) as source, \
+            pytest.raises(InstrumentFault, match=r"'print\(smua.source.output\)' -> "
+                          + (f"output did not switch off \\(read {read}\\)" if read
+                             else "KeyError")):
+        source.set_output(False)
 
 
 def test_a_channel_that_does_not_read_back_is_a_fault_and_the_other_is_still_set():
-    with expected_protocol(Keithley2600Source, opening("smua") + opening("smub") + [
+    with expected_protocol(Keithley2600Source, opening("smua", "smub") + [
             *level("smua", "0.0035", "3.40000e-03"), *level("smub", "0.002", "2.00000e-03"),
             *output("smua", 1, "0.00000e+00"), *output("smub", 1),
             ("print(smua.source.leveli)", "3.50000e-03"), ("print(smub.source.leveli)", "ERROR")],
@@ -99,7 +140,7 @@ def test_a_channel_that_does_not_read_back_is_a_fault_and_the_other_is_still_set
 
 
 def test_the_safe_state_reaches_every_channel_even_when_one_faults():
-    with expected_protocol(Keithley2600Source, opening("smua") + opening("smub") + [
+    with expected_protocol(Keithley2600Source, opening("smua", "smub") + [
             *level("smua", "0", "1.00000e-03"), *level("smub", "0", "0.00000e+00"),
             *output("smua", 0, "1.00000e+00"), *output("smub", 0)],
             compliance_voltage=5, channels=2) as source:
@@ -155,10 +196,36 @@ def test_through_pyvisa_against_the_shipped_simulation():
         source.close()
 
 
-def test_a_compliance_the_instrument_refuses_is_a_fault_on_opening():
+def test_a_compliance_the_instrument_refuses_is_a_fault_on_opening_and_closes_the_session(
+        monkeypatch):
+    gc.collect()  # earlier tests' adapters, closed again when freed, are not this one
+    closed = []  # resource names only: an adapter held here would be closed again when freed
+    close = VISAAdapter.close
+
+    def recorded(adapter):
+        closed.append(adapter.resource_name)
+        close(adapter)
+
+    monkeypatch.setattr(VISAAdapter, "close", recorded)
     with pytest.raises(InstrumentFault, match=r"'print\(smua.source.limitv\)' -> read back "
-                                              r"'ERROR', expected 100"):
+                                              r"'ERROR', expected 100") as fault:
         Keithley2600Source(SIM, compliance_voltage=100)  # a 2602B stops at 40.4 V
+    # closed while the fault (its traceback holding the half-opened source) is still alive
+    assert closed == ["GPIB0::26::INSTR"] and fault.value
+
+
+def test_opening_switches_off_every_channel_left_on_in_voltage_mode():
+    left = Keithley2600Source(SIM, channels=2)
+    for smu in ("smua", "smub"):  # another program's session, outputs on
+        left.smu.write(f"{smu}.source.func=1")
+        left.smu.write(f"{smu}.source.output=1")
+    left.close()
+    source = Keithley2600Source(SIM, channels=2)
+    try:
+        assert [smu.source_output for smu in source.smus] == ["OFF", "OFF"]
+        assert [smu.source_mode for smu in source.smus] == ["current", "current"]
+    finally:
+        source.close()
 
 
 def test_a_reply_left_by_an_earlier_session_does_not_answer_the_next_one():

@@ -106,10 +106,15 @@ def test_an_error_queue_that_does_not_empty_is_a_fault_before_any_setting(replie
     assert adapter._index == len(pairs)
 
 
-@pytest.mark.parametrize("reply", ["+9.91E+37", "garbage"])  # 9.91E37: SCPI's not-a-number
-def test_a_reading_that_is_not_a_power_is_a_fault(reply):
+@pytest.mark.parametrize(("reply", "read"), [
+    ("+9.91E+37", "9.91e+37"),  # SCPI's not-a-number
+    ("-2.5E+00", "-2.5"),  # outside ±2 W below as well as above
+    ("garbage", "'garbage'"),
+])
+def test_a_reading_that_is_not_a_power_is_a_fault(reply, read):
     with (expected_protocol(Keysight816xDetector, OPENING + [("READ1:POW?", reply)]) as meter,
-          pytest.raises(InstrumentFault, match=r"'READ1:POW\?' -> not a power in W")):
+          pytest.raises(InstrumentFault, match=re.escape(
+              f"'READ1:POW?' -> not a power within ±2 W: {read}"))):
         meter.read()
 
 

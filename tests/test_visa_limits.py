@@ -1,6 +1,8 @@
 """No current beyond a rig file's limits ever reaches a VISA current source: every command
 the Keithley drivers write through pyvisa (to the shipped simulations) is recorded and
-its current parsed, whatever sequence of requests the rig receives."""
+its current parsed, whatever sequence of requests the rig receives. The simulations keep
+their state for the whole test session, so a source may open at whatever current an earlier
+test left: each channel's ramp is measured from the current the rig read when it opened."""
 
 from __future__ import annotations
 
@@ -24,19 +26,45 @@ SOURCES = {  # driver: (address, options, channels)
 }
 # ':SOURCE:CURRENT 0.004' (2400), ':SOUR:CURR:LEV 0.004' (2450), 'smub.source.leveli=0.004'
 CURRENT = re.compile(r"(?::SOURCE:CURRENT |:SOUR:CURR:LEV |smu(?P<smu>[ab])\.source\.leveli=)(?P<value>\S+)$")
+# ':SOURCE:CURRENT?' (2400), ':SOUR:CURR?' (2450), 'print(smub.source.leveli)': the setpoint
+SETPOINT = re.compile(r"^(?::SOURCE:CURRENT\?|:SOUR:CURR\?|print\(smu(?P<smu>[ab])\.source\.leveli\))$")
 
 
 @pytest.fixture
 def wire(monkeypatch):
-    sent: list[str] = []
-    write = VISAAdapter._write
+    """Every message to and from the VISA instruments, in order: ("write" or "read", text)."""
+    messages: list[tuple[str, str]] = []
+    write, read = VISAAdapter._write, VISAAdapter._read
 
-    def recorded(self, command, **kwargs):
-        sent.append(command)
+    def recorded_write(self, command, **kwargs):
+        messages.append(("write", command))
         return write(self, command, **kwargs)
 
-    monkeypatch.setattr(VISAAdapter, "_write", recorded)
-    return sent
+    def recorded_read(self, **kwargs):
+        reply = read(self, **kwargs)
+        messages.append(("read", reply))
+        return reply
+
+    monkeypatch.setattr(VISAAdapter, "_write", recorded_write)
+    monkeypatch.setattr(VISAAdapter, "_read", recorded_read)
+    return messages
+
+
+def currents_on_the_wire(messages: list[tuple[str, str]]) -> tuple[dict, dict]:
+    """Per channel: the setpoint first read back (what the rig found on opening, before it
+    sent any current), and every current sent."""
+    found: dict[str, float] = {}
+    sent: dict[str, list[float]] = {}
+    for (kind, text), following in zip(messages, [*messages[1:], ("write", "")], strict=True):
+        if kind != "write":
+            continue
+        if m := CURRENT.search(text):
+            sent.setdefault(m["smu"] or "a", []).append(float(m["value"]))
+        elif (m := SETPOINT.search(text)) and following[0] == "read":
+            channel = m["smu"] or "a"
+            if channel not in sent and channel not in found:
+                found[channel] = float(following[1])
+    return found, sent
 
 
 def rig_for(driver: str) -> RigSpec:
@@ -63,13 +91,13 @@ def test_no_current_beyond_the_limits_reaches_the_wire(wire, driver, requests):
             except RigLimitError:
                 pass
         last = rig.source("smu").get_currents()
-    per_channel: dict[str, list[float]] = {}
-    for command in wire:
-        if m := CURRENT.search(command):
-            per_channel.setdefault(m["smu"] or "a", []).append(float(m["value"]))
+    found, per_channel = currents_on_the_wire(wire)
     assert len(per_channel) == channels, f"current commands not recognised in {wire}"
-    for sent in per_channel.values():
-        assert all(0.0 <= c <= LIMIT for c in sent)
-        assert np.abs(np.diff([0.0, *sent])).max() <= STEP + 1e-12  # ramped, never a jump
+    assert found.keys() == per_channel.keys(), f"no setpoint read before the first current in {wire}"
+    for channel, sent in per_channel.items():
+        start = found[channel]  # what an earlier test (or program) left: the ramp starts there
+        # down from a negative start the ramp passes through negative currents; nothing else may
+        assert all(min(0.0, start) <= c <= LIMIT for c in sent)
+        assert np.abs(np.diff([start, *sent])).max() <= STEP + 1e-12  # ramped, never a jump
         assert sent[-1] == 0.0  # the rig left the source at zero
     assert np.all((0 <= last) & (last <= LIMIT))

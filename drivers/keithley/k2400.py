@@ -1,9 +1,9 @@
 """Keithley 2400 SourceMeter as a one-channel current source, on pymeasure's Keithley2400.
 
-Opening puts it in current-source mode with the compliance voltage of the rig file;
-every setting is read back; the safe state is zero current and the output off. An
-address ending in ``@sim`` runs the same driver through pyvisa against the pyvisa-sim
-simulation shipped beside this module (``sim.yaml``), with no hardware.
+Opening switches the output off, then puts it in current-source mode with the compliance
+voltage of the rig file; every setting is read back; the safe state is zero current and
+the output off. An address ending in ``@sim`` runs the same driver through pyvisa against
+the pyvisa-sim simulation shipped beside this module (``sim.yaml``), with no hardware.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 from pymeasure.instruments.keithley import Keithley2400
 from satlab.drivers.keithley.source_session import SIMULATION, KeithleySource, check_compliance
-from satlab.drivers.visa_session import open_adapter
 
 from satlab.validation import require_seconds
+
+__all__ = ["SIMULATION", "Keithley2400Source"]  # SIMULATION: the shipped pyvisa-sim YAML
 
 
 class Keithley2400Source(KeithleySource):
@@ -33,9 +34,12 @@ class Keithley2400Source(KeithleySource):
         """``address``: a VISA resource (``…@sim``: the shipped simulation) or a pymeasure adapter."""
         self.check_options(compliance_voltage, timeout_s)
         self.name = f"Keithley 2400 at {address}"
-        with self._opening():
-            self.smu = Keithley2400(open_adapter(address, SIMULATION, timeout_s), name=self.name)
+        with self._opening(address, timeout_s) as adapter:
+            self.smu = Keithley2400(adapter, name=self.name)
+            # off first: a unit another program left on would source what it is set up with
+            self.set_output(False)
             self.smu.source_mode = "current"
+            self._read_back(":SOURCE:FUNCTION?", lambda: self.smu.source_mode, "current")
             self.smu.compliance_voltage = compliance_voltage
             self._read_back(":SENSE:VOLTAGE:PROTECTION?", lambda: self.smu.compliance_voltage,
                             compliance_voltage)

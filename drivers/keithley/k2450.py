@@ -1,17 +1,17 @@
 """Keithley 2450 SourceMeter as a one-channel current source, on pymeasure's Keithley2450.
 
-Opening puts it in current-source mode with the compliance voltage (voltage limit) of the
-rig file, both read back; every current setting and output switch is read back; the
-safe state is zero current and the output off. An address ending in ``@sim`` runs the
-same driver through pyvisa against the pyvisa-sim simulation in ``sim.yaml``.
+Opening switches the output off, then puts it in current-source mode with the compliance
+voltage (voltage limit) of the rig file, all three read back; every current setting and
+output switch is read back; the safe state is zero current and the output off. An address
+ending in ``@sim`` runs the same driver through pyvisa against the pyvisa-sim simulation
+in ``sim.yaml``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from pymeasure.instruments.keithley import Keithley2450
-from satlab.drivers.keithley.source_session import SIMULATION, KeithleySource, check_compliance
-from satlab.drivers.visa_session import open_adapter
+from satlab.drivers.keithley.source_session import KeithleySource, check_compliance
 
 from satlab.validation import require_seconds
 
@@ -33,8 +33,10 @@ class Keithley2450Source(KeithleySource):
         """``address``: a VISA resource (``…@sim``: the shipped simulation) or a pymeasure adapter."""
         self.check_options(compliance_voltage, timeout_s)
         self.name = f"Keithley 2450 at {address}"
-        with self._opening():
-            self.smu = Keithley2450(open_adapter(address, SIMULATION, timeout_s), name=self.name)
+        with self._opening(address, timeout_s) as adapter:
+            self.smu = Keithley2450(adapter, name=self.name)
+            # off first: a unit another program left on would source what it is set up with
+            self.set_output(False)
             self.smu.source_mode = "current"
             self._read_back(":SOUR:FUNC?", lambda: self.smu.source_mode, "current")
             self.smu.compliance_voltage = compliance_voltage

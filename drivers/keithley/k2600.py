@@ -1,11 +1,11 @@
 """Keithley 2600-series SourceMeter (TSP) as a one- or two-channel current source, on
 pymeasure's Keithley2600.
 
-``channels: 1`` drives smua, ``channels: 2`` smua and smub. Opening puts every used
-channel in current-source mode with the compliance voltage (``limitv``) of the rig file,
-both read back; every current setting and output switch is read back per channel; the
-safe state is zero current and the output off on every channel, each channel tried even
-when another faults. An address ending in ``@sim`` runs the same driver through pyvisa
+``channels: 1`` drives smua, ``channels: 2`` smua and smub. Opening switches every used
+channel's output off, then puts each in current-source mode with the compliance voltage
+(``limitv``) of the rig file, all read back; every current setting and output switch is
+read back per channel; the safe state is zero current and the output off on every
+channel, each channel tried even when another faults. An address ending in ``@sim`` runs the same driver through pyvisa
 against the pyvisa-sim simulation of a 2602B in ``sim.yaml``.
 """
 
@@ -17,8 +17,7 @@ from collections.abc import Callable
 import numpy as np
 from pymeasure.instruments.keithley import Keithley2600
 from pymeasure.instruments.keithley.keithley2600 import Channel
-from satlab.drivers.keithley.source_session import SIMULATION, KeithleySource, check_compliance
-from satlab.drivers.visa_session import open_adapter
+from satlab.drivers.keithley.source_session import KeithleySource, check_compliance
 
 from satlab.instruments import InstrumentFault
 from satlab.validation import require_count, require_seconds
@@ -45,12 +44,15 @@ class Keithley2600Source(KeithleySource):
         """``address``: a VISA resource (``…@sim``: the shipped simulation) or a pymeasure adapter."""
         self.check_options(compliance_voltage, channels, timeout_s)
         self.name, self.channels = f"Keithley 2600 at {address}", channels
-        with self._opening():
-            adapter = open_adapter(address, SIMULATION, timeout_s)
+        with self._opening(address, timeout_s) as adapter:
             with warnings.catch_warnings():  # pymeasure asks whether it speaks SCPI: *IDN? it does
                 warnings.simplefilter("ignore", FutureWarning)
                 self.smu = Keithley2600(adapter, name=self.name)
             self.smus: list[Channel] = [self.smu.ChA, self.smu.ChB][:channels]
+            # off first, every channel: one another program left on would source what it
+            # is set up with (and stay on should the other channel's setup fail)
+            for smu in self.smus:
+                self._switch(smu, False)
             for smu in self.smus:
                 self._open_channel(smu, compliance_voltage)
 
@@ -87,9 +89,11 @@ class Keithley2600Source(KeithleySource):
     def _switch(self, smu: Channel, enabled: bool) -> None:
         self._exchange(f"smu{smu.channel}.source.output={int(enabled)}",
                        lambda: setattr(smu, "source_output", "ON" if enabled else "OFF"))
-        self._check_output(f"print(smu{smu.channel}.source.output)",
-                           self._exchange(f"print(smu{smu.channel}.source.output)",
-                                          lambda: smu.source_output) == "ON", enabled)
+        query = f"print(smu{smu.channel}.source.output)"
+        state = self._exchange(query, lambda: smu.source_output)
+        if isinstance(state, str):  # anything else (a list of numbers, say) stays as read
+            state = {"ON": True, "OFF": False}.get(state, state)
+        self._check_output(query, state, enabled)  # which wants a bool
 
     def _each(self, action: Callable[[Channel], None]) -> None:
         # a fault on one channel must not leave the other one on: try both, then raise

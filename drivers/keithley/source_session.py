@@ -5,19 +5,22 @@ answer."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from pymeasure.adapters import Adapter
 from pymeasure.instruments import Instrument
-from satlab.drivers.visa_session import discard_stale_replies
+from satlab.drivers.visa_session import discard_stale_replies, open_adapter
 
 from satlab.instruments import CurrentSource, InstrumentFault
 from satlab.validation import OptionError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 SIMULATION = Path(__file__).with_name("sim.yaml")  # every Keithley simulated, one resource each
 
@@ -28,6 +31,15 @@ def check_compliance(compliance_voltage: object, highest: float) -> None:
             and 0 < compliance_voltage <= highest):
         raise OptionError("compliance_voltage",
                           f"expected volts in (0, {highest:g}], got {compliance_voltage!r}")
+
+
+def _close_quietly(adapter: Adapter, name: str) -> None:
+    """Close ``adapter`` after a failed opening; a failing close must not hide why it failed."""
+    try:
+        adapter.close()
+    except Exception as exc:
+        log.warning("%s: closing the VISA session after a failed opening failed too: %s: %s",
+                    name, type(exc).__name__, exc, exc_info=True)
 
 
 class KeithleySource(CurrentSource):
@@ -45,12 +57,19 @@ class KeithleySource(CurrentSource):
         self.smu.adapter.close()
 
     @contextmanager
-    def _opening(self) -> Iterator[None]:
+    def _opening(self, address, timeout_s: float) -> Iterator[Adapter]:
+        """The adapter for ``address``, closed again when opening fails: a source that never
+        opened is not the rig's to close, so nothing else would release the session."""
+        adapter = None
         try:
-            yield
-        except InstrumentFault:
-            raise
-        except Exception as exc:  # pyvisa errors, timeouts, garbage replies
+            adapter = open_adapter(address, SIMULATION, timeout_s)
+            yield adapter
+        except BaseException as exc:
+            if adapter is not None:
+                _close_quietly(adapter, self.name)
+            if isinstance(exc, InstrumentFault) or not isinstance(exc, Exception):
+                raise
+            # pyvisa errors, timeouts, garbage replies
             raise InstrumentFault(self.name, "(opening)", f"{type(exc).__name__}: {exc}") from None
 
     def _exchange(self, command: str, action: Callable[[], T]) -> T:

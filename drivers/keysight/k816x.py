@@ -29,7 +29,8 @@ SIMULATION = Path(__file__).with_name("sim.yaml")
 # module cannot do it refuses or rounds, and both become faults.
 WAVELENGTH_NM = (400.0, 1800.0)
 AVERAGING_S = (1e-6, 10.0)
-# The highest range (+30 dBm) ends below 2 W: anything above is a marker, not a power.
+# The highest range (+30 dBm) ends below 2 W: a reading outside ±2 W (such as SCPI's
+# 9.91E37 not-a-number) is a marker, not a power.
 OVER_RANGE_W = 2.0
 _CHANNEL = re.compile(r"^([1-9]|1[0-7]):([12])$")  # slots 1-17 (8166), channel 2: dual heads
 _ERROR = re.compile(r"^[+-]?\d+\s*,")  # SYST:ERR? answers <code>,"<message>"
@@ -192,7 +193,7 @@ class Keysight816xDetector(Photodetector):
             power = self._exchange(getattr, channel, "power")
             if not (isinstance(power, float) and abs(power) < OVER_RANGE_W):  # also not NaN
                 raise InstrumentFault(self.name, self.meter.last_command,
-                                      f"not a power in W: {power!r}")
+                                      f"not a power within ±{OVER_RANGE_W:g} W: {power!r}")
             powers.append(power)
         return np.array([powers])
 
