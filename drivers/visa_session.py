@@ -21,7 +21,11 @@ def open_adapter(address, simulation: Path, timeout_s: float) -> Adapter:
                       if address.endswith("@sim") else (address, {}))
     adapter = VISAAdapter(resource, timeout=int(timeout_s * 1000), read_termination="\n",
                           write_termination="\n", **visa)
-    discard_stale_replies(adapter)
+    try:
+        discard_stale_replies(adapter)
+    except BaseException:
+        adapter.close()  # the caller never receives it: nobody else could close it
+        raise
     return adapter
 
 
