@@ -25,9 +25,9 @@ import time
 import torch
 import torch.nn.functional as F
 from satlab.simulators.d2nn import D2nnModel, D2nnParams
-from satlab.simulators.optics import square_regions
 
 from satlab.data import load_offline_mnist
+from satlab.detector_regions import square_regions
 from satlab.process import prepare_for_training
 
 P = D2nnParams()

@@ -14,7 +14,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from satlab import registry
-from satlab.instruments import CurrentSource, InputModulator, Instrument, Photodetector
+from satlab.instruments import (
+    Acquisition,
+    Camera,
+    CurrentSource,
+    InputModulator,
+    Instrument,
+    Photodetector,
+)
 from satlab.rigfile import InstrumentSpec, Limits, RigSpec, load_rig_file
 from satlab.systems import system_for
 from satlab.validation import ConfigError
@@ -353,6 +360,15 @@ class Rig:
         self._log(name, "show_phase", gray)
         self._settled_after(name)
         return gray
+
+    def acquire(self, name: str, frames: int) -> Acquisition:
+        """Frames of a camera once earlier writes have settled; its settle_time, counted
+        from the start, is its exposure: the next write waits until it has passed."""
+        wait_until(max(self._ready_at, self._quiet_until))
+        start = time.perf_counter()
+        shot = self._typed(name, Camera).acquire(frames)
+        self._quiet_until = start + self.settle_times[name]
+        return shot
 
     def read(self, name: str) -> np.ndarray:
         """Read a detector (W), one row per loaded input pattern, once earlier writes have settled.

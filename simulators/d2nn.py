@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from satlab.simulators import optics
 
+from satlab.detector_regions import normalised_signals, square_regions
+
 
 @dataclass(frozen=True)
 class D2nnParams:
@@ -71,7 +73,7 @@ class D2nnModel(torch.nn.Module):
         super().__init__()
         self.params = p = params
         shape = (p.grid, p.grid)
-        self.register_buffer("regions", optics.square_regions(shape, p.detector_px, p.detector_layout,
+        self.register_buffer("regions", square_regions(shape, p.detector_px, p.detector_layout,
                                                               p.detector_spacing_px), persistent=False)
 
     def input_field(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -107,8 +109,7 @@ class D2nnModel(torch.nn.Module):
     def forward(self, images: torch.Tensor, masks: torch.Tensor,
                 bench: D2nnImperfections = D2nnImperfections()) -> torch.Tensor:
         """Detector signals, normalised to sum to 1 per image."""
-        signals = optics.region_sums(self.intensity(images, masks, bench), self.regions)
-        return signals / signals.sum(-1, keepdim=True)
+        return normalised_signals(self.intensity(images, masks, bench), self.regions)
 
 
 def threshold(field: torch.Tensor, fraction: float) -> torch.Tensor:

@@ -81,7 +81,7 @@ def quantise_phase(phase: torch.Tensor, lut: PhaseLut) -> torch.Tensor:
     through (the controls stay continuous, the device shows the levels)."""
     shown = torch.from_numpy(lut.to_phase(lut.to_gray(phase.detach().cpu().numpy())))
     shown = shown.to(dtype=phase.dtype, device=phase.device)
-    return phase + (shown - phase).detach()
+    return shown + (phase - phase.detach())  # exactly the shown levels, the identity's gradient
 
 
 def slm_pixels(phase: torch.Tensor, upsample: int, fill_factor: float = 1.0,
@@ -150,41 +150,15 @@ def affine_resample(image: torch.Tensor, rotation_rad: float = 0.0, shift_px: tu
     return out.reshape(*lead, rows, cols)
 
 
-def square_regions(shape: tuple[int, int], size: int, layout: tuple[int, ...],
-                   spacing: int | None = None) -> torch.Tensor:
-    """Boolean masks (regions, H, W) of square detectors of ``size`` pixels in centred rows
-    of ``layout`` (e.g. (3, 4, 3): ten detectors), ``spacing`` pixels apart centre to centre."""
-    rows, cols = shape
-    spacing = spacing or 2 * size
-    masks = []
-    top = rows // 2 - (len(layout) - 1) * spacing // 2
-    for r, count in enumerate(layout):
-        cy = top + r * spacing
-        left = cols // 2 - (count - 1) * spacing // 2
-        for c in range(count):
-            cx = left + c * spacing
-            mask = torch.zeros(rows, cols, dtype=torch.bool)
-            y0, x0 = cy - size // 2, cx - size // 2
-            if y0 < 0 or x0 < 0 or y0 + size > rows or x0 + size > cols:
-                raise ValueError(f"detector {len(masks)} at ({cy}, {cx}) leaves the {rows}x{cols} grid")
-            mask[y0:y0 + size, x0:x0 + size] = True
-            masks.append(mask)
-    return torch.stack(masks)
-
-
-def region_sums(intensity: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """The light on each detector region: (..., H, W) → (..., regions)."""
-    weights = regions.to(intensity.dtype).flatten(1)
-    return intensity.flatten(-2) @ weights.T
-
-
 def camera_counts(intensity: torch.Tensor, binning: int, electrons_per_unit: float,
                   full_well_e: float, bit_depth: int, read_noise_e: float = 0.0,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """What a camera reads from an intensity on the grid: each camera pixel integrates
     ``binning``² grid pixels into electrons (shot noise and read noise when a
     ``generator`` is given), clipped at the full well and digitised to ``bit_depth`` bits.
-    Returns counts as an integer-valued float tensor (..., H/binning, W/binning)."""
+    Returns counts as an integer-valued float tensor (..., H/binning, W/binning); below
+    the full well its gradient is that of the unrounded level, so a twin can train
+    through the same camera the bench reads."""
     lead = intensity.shape[:-2]
     flat = intensity.reshape(-1, 1, *intensity.shape[-2:])
     electrons = F.avg_pool2d(flat, binning) * (binning**2 * electrons_per_unit)
@@ -194,5 +168,6 @@ def camera_counts(intensity: torch.Tensor, binning: int, electrons_per_unit: flo
             noise = torch.randn(electrons.shape, generator=generator, dtype=electrons.dtype)
             electrons = electrons + read_noise_e * noise
     top = 2**bit_depth - 1
-    counts = torch.round(electrons.clamp(0, full_well_e) * (top / full_well_e))
+    level = electrons.clamp(0, full_well_e) * (top / full_well_e)
+    counts = torch.round(level.detach()) + (level - level.detach())  # rounded; slope passes through
     return counts.reshape(*lead, *counts.shape[-2:])

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from satlab.phase_lut import PhaseLut
 from satlab.simulators import optics
+
+from satlab.detector_regions import region_sums, square_regions
+from satlab.phase_lut import PhaseLut
 
 LAMBDA, PITCH = 532e-9, 2e-6
 
@@ -120,17 +121,17 @@ def test_slm_pixels_fill_factor_and_fringing():
 
 
 def test_detector_regions_sum_what_their_camera_pixels_hold():
-    regions = optics.square_regions((128, 128), 9, (3, 4, 3), spacing=24)
+    regions = square_regions((128, 128), 9, (3, 4, 3), spacing=24)
     assert regions.shape == (10, 128, 128)
     assert regions.sum((1, 2)).tolist() == [81] * 10
     assert int(regions.sum(0).max()) == 1  # disjoint
     gen = torch.Generator().manual_seed(2)
     intensity = torch.rand(5, 128, 128, generator=gen, dtype=torch.float64)
-    sums = optics.region_sums(intensity, regions)
+    sums = region_sums(intensity, regions)
     by_hand = torch.stack([torch.stack([img[m].sum() for m in regions]) for img in intensity])
     torch.testing.assert_close(sums, by_hand, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="leaves the 32x32 grid"):
-        optics.square_regions((32, 32), 9, (3, 4, 3), spacing=24)
+        square_regions((32, 32), 9, (3, 4, 3), spacing=24)
 
 
 def test_camera_integrates_pixels_clips_at_full_well_and_digitises():

@@ -1,0 +1,160 @@
+"""The diffractive (D2NN) system: SLMs show phase masks, an input modulator shows the
+digit, a camera reads the output plane, and detector regions on its frames are the
+outputs.
+
+One layer holds every mask. Its controls are macro-pixels (blocks of ``macro_pixel``²
+SLM pixels driven as one phase), so an estimator has a few thousand controls instead of
+16,384 per mask; the rig shows them at device resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveInt
+
+from satlab import registry
+from satlab.detector_regions import normalised_signals, square_regions
+from satlab.rig import Rig, RigError
+from satlab.rigfile import PluginSpec, Strict, SystemSpec, check_plugin
+from satlab.systems.protocol import ControlSpace, Imperfection, LayerBackend, MacroPixels, System
+from satlab.validation import ConfigError, FinitePositive
+
+
+class DetectorSpec(Strict):
+    """Square detector regions on the camera, in rows (e.g. 3-4-3 for ten classes)."""
+
+    size_px: PositiveInt = 9
+    layout: list[PositiveInt] = [3, 4, 3]
+    spacing_px: PositiveInt = 24
+
+
+class D2nnLayerSpec(Strict):
+    """The diffractive layer: its SLMs (in the light's order), input, camera and twin."""
+
+    name: str = "d2nn"
+    slms: list[str] = Field(min_length=1)
+    inputs: str
+    camera: str
+    image: PositiveInt = Field(64, description="the digit's side on the input modulator (pixels)")
+    macro_pixel: PositiveInt = Field(4, description="SLM pixels per control along each axis")
+    detectors: DetectorSpec = DetectorSpec()
+    exposure_s: FinitePositive = 1e-3
+    twin: PluginSpec
+
+
+class D2nnSystemSpec(SystemSpec):
+    """The ``system`` section of a D2NN rig file."""
+
+    model_config = Strict.model_config
+    type: Literal["d2nn"]
+    layer: D2nnLayerSpec
+
+
+class D2nnLayerTwin(torch.nn.Module):
+    """The layer's twin on controls: macro-pixels → device phases → the bench's twin."""
+
+    def __init__(self, twin: torch.nn.Module, pixels: MacroPixels, exposure_s: float) -> None:
+        super().__init__()
+        self.twin, self.pixels, self.exposure_s = twin, pixels, exposure_s
+
+    def forward(self, x: torch.Tensor, controls: torch.Tensor) -> torch.Tensor:
+        """Normalised detector signals (B, regions) for inputs (B, image²)."""
+        masks = controls.shape[-1] // self.pixels.size
+        phases = self.pixels(controls.reshape(masks, self.pixels.size))
+        return self.twin(x.double(), phases.flatten(), self.exposure_s)
+
+
+class D2nnLayerBackend(LayerBackend):
+    """Shows the masks, loads the digits, reads the detector regions."""
+
+    def __init__(self, rig: Rig, spec: D2nnLayerSpec) -> None:
+        super().__init__()
+        self.rig, self.spec, self.name = rig, spec, spec.name
+        slm = rig.instruments[spec.slms[0]]
+        rows, cols = slm.shape
+        self.pixels = MacroPixels(rows, cols, spec.macro_pixel)
+        self.regions = square_regions(rig.instruments[spec.camera].shape, spec.detectors.size_px,
+                                      tuple(spec.detectors.layout), spec.detectors.spacing_px)
+        self.in_features, self.out_features = spec.image**2, len(self.regions)
+        n = self.pixels.size * len(spec.slms)
+        self.controls = ControlSpace("SLM phase", "rad", torch.zeros(n, dtype=torch.float64),
+                                     torch.full((n,), 2 * math.pi, dtype=torch.float64))
+        twin = registry.lookup(spec.twin.driver)(**spec.twin.options)
+        self.twin = D2nnLayerTwin(twin, self.pixels, spec.exposure_s)
+        rig.instruments[spec.camera].set_exposure(spec.exposure_s)
+
+    def measure(self, x: torch.Tensor, settings: np.ndarray) -> np.ndarray:
+        """Each row of controls shown on the SLMs, then one camera frame per digit."""
+        self.rig.load_inputs(self.spec.inputs, x.detach().double().clamp(0, 1).numpy())
+        out = np.empty((len(settings), len(x), self.out_features))
+        for p, row in enumerate(settings):
+            phases = self.pixels(torch.from_numpy(row).reshape(len(self.spec.slms), -1))
+            for slm, phase in zip(self.spec.slms, phases, strict=True):
+                self.rig.show_phase(slm, phase.reshape(self.pixels.height, self.pixels.width).numpy())
+            shot = self.rig.acquire(self.spec.camera, len(x))
+            if shot.saturated.any():
+                raise RigError(f"{self.spec.camera} saturated in {int(shot.saturated.sum())} of "
+                               f"{len(x)} frames: lower the layer's exposure_s ({self.spec.exposure_s:g} s)")
+            out[p] = normalised_signals(torch.from_numpy(shot.signal), self.regions).numpy()
+        return out
+
+
+class D2nnSystem(System):
+    """A diffractive network read by a camera."""
+
+    Spec = D2nnSystemSpec
+    imperfections = {
+        "mask_rotation_deg": Imperfection("deg", 0.0, "rotation of every mask about the optical axis"),
+        "mask_shift_px": Imperfection("px", 0.0, "lateral shift of every mask (grid pixels)"),
+        "axial_error_um": Imperfection("um", 0.0, "error of every distance between masks"),
+    }
+
+    def check(self) -> None:
+        """Instruments exist with the right kinds; the twin is a torch module."""
+        layer, instruments = self.spec.layer, self.rig_spec.instruments
+        roles = [(f"slms.{i}", name, "phase_modulator") for i, name in enumerate(layer.slms)]
+        roles += [("inputs", layer.inputs, "input_modulator"), ("camera", layer.camera, "camera")]
+        for field, name, kind in roles:
+            if name not in instruments:
+                raise ConfigError(self.path, f"system.layer.{field}", f"no instrument named {name!r}")
+            if instruments[name].kind != kind:
+                raise ConfigError(self.path, f"system.layer.{field}", f"{name!r} must be a {kind}")
+        check_plugin(self.path, "system.layer.twin", layer.twin.driver, {}, layer.twin.options,
+                     (torch.nn.Module, "digital twin (torch module)"))
+
+    def check_open(self, rig: Rig) -> None:
+        """SLMs of one shape that tiles into macro-pixels; input size; detectors on the sensor."""
+        layer = self.spec.layer
+        shapes = {tuple(rig.instruments[name].shape) for name in layer.slms}
+        if len(shapes) != 1:
+            raise ConfigError(self.path, "system.layer.slms", f"the SLMs differ in shape: {sorted(shapes)}")
+        rows, cols = shapes.pop()
+        if rows % layer.macro_pixel or cols % layer.macro_pixel:
+            raise ConfigError(self.path, "system.layer.macro_pixel",
+                              f"{layer.macro_pixel} does not tile the {rows}x{cols} SLMs")
+        channels = rig.instruments[layer.inputs].channels
+        if channels != layer.image**2:
+            raise ConfigError(self.path, "system.layer.image",
+                              f"{layer.image}x{layer.image} pixels, but {layer.inputs} shows {channels}")
+        try:
+            square_regions(rig.instruments[layer.camera].shape, layer.detectors.size_px,
+                           tuple(layer.detectors.layout), layer.detectors.spacing_px)
+        except ValueError as exc:
+            raise ConfigError(self.path, "system.layer.detectors", str(exc)) from None
+
+    def layer_shapes(self) -> list[tuple[str, int, int]]:
+        """(name, image², detectors)."""
+        layer = self.spec.layer
+        return [(layer.name, layer.image**2, sum(layer.detectors.layout))]
+
+    def control_span(self) -> tuple[float, str]:
+        """Phases span a full turn."""
+        return 2 * math.pi, "rad"
+
+    def build_layers(self, rig: Rig) -> list[D2nnLayerBackend]:
+        """The one diffractive layer."""
+        return [D2nnLayerBackend(rig, self.spec.layer)]

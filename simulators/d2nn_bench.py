@@ -1,0 +1,208 @@
+"""A simulated D2NN bench and the instruments that are views onto it: SLMs holding the
+masks, an input modulator showing the digits, a camera reading the output plane.
+
+The bench evaluates ``D2nnModel`` (the one place of the D2NN's physics) with whatever
+imperfections it is set to; the twin (``D2nnTwin``) is the same model with none, read
+through the same camera model, so without noise the two agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from satlab.simulators import optics
+from satlab.simulators.d2nn import PRESETS, D2nnImperfections, D2nnModel
+
+from satlab.detector_regions import normalised_signals
+from satlab.instruments import Camera, InputModulator, PhaseModulator, Roi
+from satlab.phase_lut import PhaseLut
+from satlab.validation import OptionError, require_count
+
+
+class D2nnCameraModel:
+    """What the bench's camera does with light: electrons per unit intensity and second,
+    full well, ADC bits, read noise, and whether photon shot noise is drawn. The default
+    fills the well at an intensity of 50 in 1 ms: a digit through random masks peaks near
+    10, through trained masks that gather its light (about 340) into a detector, lower
+    than 50."""
+
+    def __init__(self, electrons_per_unit_s: float = 4e5, full_well_e: float = 20_000.0,
+                 bit_depth: int = 12, read_noise_e: float = 0.0, shot_noise: bool = False) -> None:
+        self.electrons_per_unit_s, self.full_well_e = electrons_per_unit_s, full_well_e
+        self.bit_depth, self.read_noise_e, self.shot_noise = bit_depth, read_noise_e, shot_noise
+
+    @property
+    def noisy(self) -> bool:
+        """Whether readings are random."""
+        return self.shot_noise or self.read_noise_e > 0
+
+    def counts(self, intensity: torch.Tensor, exposure_s: float,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Counts per camera pixel (one camera pixel per grid pixel)."""
+        return optics.camera_counts(intensity, 1, self.electrons_per_unit_s * exposure_s,
+                                    self.full_well_e, self.bit_depth, self.read_noise_e,
+                                    generator if self.noisy else None)
+
+
+def _check_common(preset: str, slm_bits: int, camera: dict) -> None:
+    if preset not in PRESETS:
+        raise OptionError("preset", f"expected one of {sorted(PRESETS)}, got {preset!r}")
+    require_count("slm_bits", slm_bits, 1, highest=16)
+    try:
+        D2nnCameraModel(**camera)
+    except TypeError as exc:
+        raise OptionError("camera", str(exc)) from None
+
+
+class D2nnBench:
+    """Shared state of one simulated D2NN bench: masks shown, digits loaded, imperfections."""
+
+    imperfection_names = ("mask_rotation_deg", "mask_shift_px", "axial_error_um")
+
+    @staticmethod
+    def check_options(preset: str = "sat_system3", slm_bits: int = 8, camera: dict | None = None,
+                      noise_seed: int = 0) -> None:
+        """Validate rig-file options without building a bench."""
+        _check_common(preset, slm_bits, camera or {})
+        require_count("noise_seed", noise_seed, 0, highest=2**32 - 1)
+
+    def __init__(self, preset: str = "sat_system3", slm_bits: int = 8, camera: dict | None = None,
+                 noise_seed: int = 0) -> None:
+        self.check_options(preset, slm_bits, camera, noise_seed)
+        self.model = D2nnModel(PRESETS[preset])
+        self.params, self.slm_bits = self.model.params, slm_bits
+        self.camera = D2nnCameraModel(**(camera or {}))
+        grid = self.params.grid
+        self.masks = torch.zeros(self.params.masks, grid, grid, dtype=torch.float64)
+        self.images = torch.zeros(1, self.params.image, self.params.image, dtype=torch.float64)
+        self.imperfections = D2nnImperfections()
+        self.generator = torch.Generator().manual_seed(noise_seed)
+
+    def show(self, mask: int, phase: np.ndarray) -> None:
+        """Mask ``mask`` now shows ``phase`` (rad, device resolution)."""
+        self.masks[mask] = torch.from_numpy(np.asarray(phase, dtype=float))
+
+    def load(self, images: np.ndarray) -> None:
+        """Digits (B, image²) in [0, 1] on the input modulator."""
+        side = self.params.image
+        self.images = torch.from_numpy(np.asarray(images, dtype=float)).reshape(-1, side, side)
+
+    def frames(self, exposure_s: float) -> torch.Tensor:
+        """One camera frame per loaded digit, counts (B, grid, grid)."""
+        with torch.no_grad():
+            intensity = self.model.intensity(self.images, self.masks, self.imperfections)
+            return self.camera.counts(intensity, exposure_s, self.generator)
+
+    def reset_imperfections(self) -> None:
+        """Back to the aligned bench of the rig file."""
+        self.imperfections = D2nnImperfections()
+
+    def state_dict(self) -> dict:
+        """The noise generator's state, for an exact resume."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict returned."""
+        self.generator.set_state(state["generator"])
+
+    def set_imperfection(self, name: str, value: float, draw: int = 0) -> None:
+        """Misalign the bench (names: ``imperfection_names``); the twin stays aligned."""
+        now = self.imperfections
+        if name == "mask_rotation_deg":
+            self.imperfections = D2nnImperfections(math.radians(value), now.mask_shift_px, now.axial_error)
+        elif name == "mask_shift_px":
+            self.imperfections = D2nnImperfections(now.mask_rotation_rad, (0.0, value), now.axial_error)
+        elif name == "axial_error_um":
+            self.imperfections = D2nnImperfections(now.mask_rotation_rad, now.mask_shift_px, value * 1e-6)
+        else:
+            raise KeyError(f"the D2NN bench has no imperfection {name!r}")
+
+
+class D2nnTwin(torch.nn.Module):
+    """The bench's model with no imperfections, read through the same (noise-free) camera:
+    twin(x (B, image²), device phases (masks·grid²), exposure_s) → detector signals."""
+
+    def __init__(self, preset: str = "sat_system3", slm_bits: int = 8, camera: dict | None = None,
+                 noise_seed: int = 0) -> None:
+        super().__init__()
+        _check_common(preset, slm_bits, camera or {})
+        self.model = D2nnModel(PRESETS[preset])
+        self.camera = D2nnCameraModel(**(camera or {}))
+        self.lut = PhaseLut.linear(slm_bits)
+
+    check_options = staticmethod(D2nnBench.check_options)
+
+    def forward(self, x: torch.Tensor, phases: torch.Tensor, exposure_s: float) -> torch.Tensor:
+        """Normalised detector signals (B, regions)."""
+        p = self.model.params
+        masks = optics.quantise_phase(phases.reshape(p.masks, p.grid, p.grid), self.lut)
+        counts = self.camera.counts(self.model.intensity(x.reshape(-1, p.image, p.image), masks), exposure_s)
+        return normalised_signals(counts, self.model.regions)
+
+
+class SimulatedSlm(PhaseModulator):
+    """Mask ``mask`` of a simulated D2NN bench, as an SLM."""
+
+    def __init__(self, resource: D2nnBench, mask: int = 0) -> None:
+        if not (isinstance(mask, int) and 0 <= mask < resource.params.masks):
+            raise OptionError("mask", f"the bench has masks 0..{resource.params.masks - 1}, got {mask!r}")
+        self.bench, self.mask = resource, mask
+        self.name = f"simulated SLM (mask {mask})"
+        self.shape = (resource.params.grid, resource.params.grid)
+        self.pixel_pitch_m = resource.params.pitch
+        self.lut = PhaseLut.linear(resource.slm_bits)
+        self.blank()
+
+    def _write_gray(self, gray: np.ndarray) -> None:
+        """The bench's mask becomes the phase these levels show."""
+        self.bench.show(self.mask, self.lut.to_phase(gray))
+
+
+class SimulatedImageInput(InputModulator):
+    """The bench's input modulator: digits as intensity images."""
+
+    full_scale_W = 1.0
+
+    def __init__(self, resource: D2nnBench) -> None:
+        self.bench = resource
+        self.channels = resource.params.image**2
+
+    def identify(self) -> str:
+        """Name and size."""
+        side = self.bench.params.image
+        return f"simulated image input, {side}x{side}"
+
+    def load(self, values: np.ndarray) -> None:
+        """Show a batch of images (B, image²) in [0, 1]."""
+        self.bench.load(values)
+
+
+class SimulatedCamera(Camera):
+    """The bench's camera: one frame per loaded digit."""
+
+    def __init__(self, resource: D2nnBench, exposure_s: float = 1e-3) -> None:
+        self.bench = resource
+        grid = resource.params.grid
+        self.shape, self.roi = (grid, grid), Roi(0, 0, grid, grid)
+        self.pixel_pitch_m, self.bit_depth = resource.params.pitch, resource.camera.bit_depth
+        self.set_exposure(exposure_s)
+
+    def identify(self) -> str:
+        """Name, size and bit depth."""
+        return f"simulated camera, {self.shape[1]}x{self.shape[0]}, {self.bit_depth}-bit"
+
+    def set_exposure(self, seconds: float) -> None:
+        """Set the exposure time (s)."""
+        if not (isinstance(seconds, (int, float)) and 0 < seconds <= 10):
+            raise OptionError("exposure_s", f"expected seconds in (0, 10], got {seconds!r}")
+        self.exposure_s = float(seconds)
+
+    def grab(self, frames: int) -> np.ndarray:
+        """A frame per loaded digit (``frames`` must be their number), over the ROI."""
+        counts = self.bench.frames(self.exposure_s)
+        if frames != len(counts):
+            raise ValueError(f"the input shows {len(counts)} images; grab one frame per image")
+        r = self.roi
+        return counts[:, r.row:r.row + r.height, r.col:r.col + r.width].numpy().astype(np.uint16)

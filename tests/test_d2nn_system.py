@@ -1,0 +1,100 @@
+"""The D2NN system on its simulated bench: instruments as views of one bench, the twin equal
+to the bench through the interfaces, macro-pixels at device resolution, misalignment."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from satlab import registry
+from satlab.rig import Rig, RigError
+from satlab.rigfile import RigSpec, load_rig_file
+from satlab.validation import ConfigError
+
+RIG = registry.lookup("d2nn", registry.SYSTEMS)  # the system class, found as a rig file finds it
+
+
+@pytest.fixture
+def opened():
+    from importlib.resources import files
+
+    path = files("satlab.configs") / "d2nn-sim.yaml"
+    spec = load_rig_file(path)
+    with Rig(spec, path) as rig:
+        (layer,) = RIG(spec, path).build_layers(rig)
+        yield rig, layer
+
+
+def digits_like(n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 4096, generator=gen, dtype=torch.float64) * 0.2
+
+
+def test_the_bench_through_its_instruments_equals_the_twin_bit_for_bit(opened):
+    rig, layer = opened
+    assert (layer.in_features, layer.out_features, layer.n_controls) == (4096, 10, 2 * 32 * 32)
+    gen = torch.Generator().manual_seed(1)
+    settings = torch.stack([layer.initial_controls(gen, 1.0) for _ in range(2)])
+    x = digits_like(6, 2)
+    measured = layer.query_many(x, settings.numpy())
+    for row, out in zip(settings, measured):
+        assert torch.equal(torch.from_numpy(out), layer.twin(x, row))
+    np.testing.assert_allclose(measured.sum(-1), 1.0, rtol=1e-12)
+    assert not np.allclose(measured[0], measured[1])  # the controls matter
+
+
+def test_a_macro_pixel_mask_is_shown_at_device_resolution(opened):
+    rig, layer = opened
+    controls = torch.zeros(layer.n_controls, dtype=torch.float64)
+    controls[0] = math.pi  # the top-left 4x4 block of the first mask
+    controls[32 * 32 + 33] = math.pi / 2  # block (1, 1) of the second mask
+    layer.query(digits_like(1, 3), controls.numpy())
+    first, second = rig.instruments["slm1"].bench.masks
+    assert torch.all(first[:4, :4] == math.pi) and torch.count_nonzero(first) == 16
+    assert torch.all(second[4:8, 4:8] == math.pi / 2) and torch.count_nonzero(second) == 16
+
+
+def test_misalignment_moves_the_bench_and_not_the_twin(opened):
+    rig, layer = opened
+    controls = layer.initial_controls(torch.Generator().manual_seed(4), 1.0)
+    x = digits_like(4, 5)
+    aligned = layer.query(x, controls.numpy())
+    rig.set_imperfection("mask_rotation_deg", 1.0)
+    rotated = layer.query(x, controls.numpy())
+    assert np.abs(rotated - aligned).max() > 1e-3
+    rig.reset_imperfections()
+    assert np.array_equal(layer.query(x, controls.numpy()), aligned)
+    assert set(RIG.imperfections) == {"mask_rotation_deg", "mask_shift_px", "axial_error_um"}
+
+
+def test_a_saturated_camera_is_an_error_naming_the_exposure(opened):
+    rig, layer = opened
+    rig.instruments["camera"].set_exposure(0.5)  # 500 times the layer's exposure
+    with pytest.raises(RigError, match="camera saturated in 2 of 2 frames: lower the layer's exposure_s"):
+        layer.query(digits_like(2, 6), torch.zeros(layer.n_controls, dtype=torch.float64).numpy())
+
+
+@pytest.mark.parametrize("change, field, message", [
+    (lambda s: s["system"]["layer"].update(macro_pixel=5), "system.layer.macro_pixel",
+     "does not tile the 128x128"),
+    (lambda s: s["system"]["layer"].update(camera="slm2"), "system.layer.camera", "must be a camera"),
+    (lambda s: s["system"]["layer"].update(image=32), "system.layer.image", "digits shows 4096"),
+    (lambda s: s["system"]["layer"]["detectors"].update(spacing_px=60), "system.layer.detectors",
+     "leaves the 128x128 grid"),
+])
+def test_rig_file_mistakes_name_their_field(tmp_path, change, field, message):
+    from importlib.resources import files
+
+    spec = yaml.safe_load((files("satlab.configs") / "d2nn-sim.yaml").read_text())
+    spec["system"]["layer"].setdefault("detectors", {})
+    change(spec)
+    with pytest.raises(ConfigError, match=message) as err:
+        rig_spec = RigSpec.model_validate(spec)
+        RIG(rig_spec, tmp_path / "rig.yaml").check()
+        with Rig(rig_spec, tmp_path / "rig.yaml"):
+            pass
+    assert err.value.field == field
