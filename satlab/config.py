@@ -53,8 +53,13 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    """Hybrid network: digital LeNet-style front end, then physical layers."""
+    """Hybrid network: a digital front end, then physical layers."""
 
+    front: Literal["lenet", "image"] = Field("lenet", description=(
+        "lenet: convolutions and a linear layer feed the first physical layer; image: the "
+        "digit itself, resized to the first physical layer's square input (an optical input)"))
+    readout_scale: FinitePositive = Field(1.0, description=(
+        "logits = last physical layer's outputs x this (normalised detector signals need ~10)"))
     conv_channels: list[PositiveInt] = [6, 16]
     physical: list[PositiveInt] = Field([32, 16, 10], min_length=2,
                                         description="features through the physical layers")
@@ -68,6 +73,14 @@ class ModelConfig(Strict):
         if v[-1] != 10:
             raise ValueError("the last physical layer must output 10 MNIST classes")
         return v
+
+    @model_validator(mode="after")
+    def _image_front_is_square(self) -> ModelConfig:
+        side = math.isqrt(self.physical[0])
+        if self.front == "image" and side * side != self.physical[0]:
+            raise ValueError(f"front: image needs a square first layer input (side x side pixels), "
+                             f"got physical[0] = {self.physical[0]}")
+        return self
 
     @field_validator("conv_channels")
     @classmethod

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from satlab.config import ModelConfig, feature_map_size
@@ -16,22 +19,42 @@ def _bounded(features: int) -> list[nn.Module]:
     return [nn.BatchNorm1d(features), nn.Hardtanh(0.0, 1.0)]
 
 
+class ImageFront(nn.Module):
+    """The digit itself as an optical input: resized to side x side, in [0, 1], flattened."""
+
+    def __init__(self, side: int) -> None:
+        super().__init__()
+        self.side = side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 28, 28) -> (B, side²)."""
+        resized = F.interpolate(x, size=(self.side, self.side), mode="bilinear", align_corners=False)
+        return resized.clamp(0, 1).flatten(1)
+
+
+def lenet_front(cfg: ModelConfig) -> nn.Sequential:
+    """Convolutions and a linear layer into the first physical layer's inputs, in [0, 1]."""
+    layers: list[nn.Module] = []
+    channels = 1
+    for i, out in enumerate(cfg.conv_channels):
+        layers += [nn.Conv2d(channels, out, 5, padding=2 if i == 0 else 0),
+                   nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
+        channels = out
+    size = feature_map_size(len(cfg.conv_channels))
+    layers += [nn.Flatten(), nn.Linear(channels * size * size, cfg.physical[0]),
+               *_bounded(cfg.physical[0])]
+    return nn.Sequential(*layers)
+
+
 class HybridNet(nn.Module):
-    """MNIST -> digital conv front end -> physical layers -> logits."""
+    """MNIST -> digital front end -> physical layers -> logits."""
 
     def __init__(self, cfg: ModelConfig, backends: list[LayerBackend],
                  estimator: GradientEstimator, generator: torch.Generator) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = 1
-        for i, out in enumerate(cfg.conv_channels):
-            layers += [nn.Conv2d(channels, out, 5, padding=2 if i == 0 else 0),
-                       nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
-            channels = out
-        size = feature_map_size(len(cfg.conv_channels))
-        layers += [nn.Flatten(), nn.Linear(channels * size * size, cfg.physical[0]),
-                   *_bounded(cfg.physical[0])]
-        self.front = nn.Sequential(*layers)
+        self.front = (ImageFront(math.isqrt(cfg.physical[0])) if cfg.front == "image"
+                      else lenet_front(cfg))
+        self.readout_scale = cfg.readout_scale
         self.physical = nn.ModuleList()
         self.between = nn.ModuleList()
         for i, backend in enumerate(backends):
@@ -45,7 +68,7 @@ class HybridNet(nn.Module):
         h = self.front(x)
         for layer, after in zip(self.physical, self.between):
             h = after(layer(h))
-        return h
+        return h * self.readout_scale if self.readout_scale != 1.0 else h
 
     def control_parameters(self) -> list[nn.Parameter]:
         """The controls of every physical layer."""
