@@ -28,7 +28,9 @@ def one_point(grid: int, batch: int, dtype: str, repeats: int = 2) -> dict:
     """Seconds per step and peak RSS (GB) of this process."""
     prepare_for_training()
     real = getattr(torch, dtype)
-    params = replace(D2nnParams(), grid=grid, image=grid // 2)
+    # System 3's geometry scaled with the grid: digit on half of it, detectors in proportion
+    params = replace(D2nnParams(), grid=grid, image=grid // 2, detector_px=max(3, 9 * grid // 128),
+                     detector_spacing_px=24 * grid // 128)
     model = D2nnModel(params)
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(batch, params.image, params.image, generator=gen, dtype=real)
