@@ -20,6 +20,7 @@ from satlab.instruments import (
     CurrentSource,
     InputModulator,
     Instrument,
+    PhaseModulator,
     Photodetector,
 )
 from satlab.rigfile import InstrumentSpec, Limits, RigSpec, load_rig_file
@@ -356,7 +357,7 @@ class Rig:
     def show_phase(self, name: str, phase: np.ndarray) -> np.ndarray:
         """Show a phase mask (rad) on an SLM; readings wait its settle_time. Returns the gray levels."""
         wait_until(self._quiet_until)
-        gray = self.instruments[name].show_phase(phase)  # type: ignore[attr-defined]
+        gray = self._typed(name, PhaseModulator).show_phase(phase)
         self._log(name, "show_phase", gray)
         self._settled_after(name)
         return gray

@@ -6,7 +6,10 @@ Chain (System 3): the digit's amplitude (sqrt of its intensity, 64x64 zero-padde
 I' = ReLU(I − mean(I)/2) (amplitude sqrt(I')) → 4 mm → lens f → 5 mm → camera; ten 9x9
 detector regions in rows of 3-4-3 read the light, normalised by their total.
 
-The physics comes from ``optics``; this module only strings it together. Imperfections
+The physics comes from ``optics``; this module only strings it together. Like the
+paper's recipe, propagation uses the unpadded 128x128 window: at 5 mm the transfer
+function is undersampled (N·dx²/λ ≈ 1 mm) and light leaving the window wraps around;
+twin and bench share this, and ``optics.propagate(pad=...)`` is there for a wider window. Imperfections
 are arguments of the forward pass, so the same model is the twin (all zero) and the
 simulated bench (whatever the bench is set to).
 """
@@ -40,7 +43,7 @@ class D2nnParams:
     detector_px: int = 9
     detector_layout: tuple[int, ...] = (3, 4, 3)
     detector_spacing_px: int = 24
-    threshold: float = 0.5  # I' = ReLU(I − threshold·mean(I)); None-like 0 switches it off
+    threshold: float = 0.5  # I' = ReLU(I − threshold·mean(I)); 0: no nonlinearity
 
     @property
     def masks(self) -> int:
@@ -61,7 +64,7 @@ class D2nnImperfections:
     """How a bench differs from the twin. Rotation and shift apply to every mask."""
 
     mask_rotation_rad: float = 0.0
-    mask_shift_px: tuple[float, float] = (0.0, 0.0)
+    mask_shift_px: tuple[float, float] = (0.0, 0.0)  # (rows, cols)
     axial_error: float = 0.0  # m, added to every distance between masks
 
 
@@ -95,9 +98,13 @@ class D2nnModel(torch.nn.Module):
         field = optics.propagate(field, p.pitch, lam, p.to_first_mask)
         gaps = [*p.between_masks, None]
         for mask, gap in zip(masks, gaps, strict=True):
+            transmission = torch.polar(torch.ones_like(mask), mask)
             if bench.mask_rotation_rad or any(bench.mask_shift_px):
-                mask = optics.affine_resample(mask, bench.mask_rotation_rad, bench.mask_shift_px)
-            field = field * torch.polar(torch.ones_like(mask), mask)
+                # resample the transmission, not the phase: interpolating phases across a
+                # 0/2π edge would invent a π that the mask does not show
+                transmission = optics.affine_resample(transmission, bench.mask_rotation_rad,
+                                                      bench.mask_shift_px)
+            field = field * transmission
             if gap is not None:
                 field = optics.propagate(field, p.pitch, lam, gap + bench.axial_error)
         if p.threshold:
@@ -122,8 +129,3 @@ def threshold(field: torch.Tensor, fraction: float) -> torch.Tensor:
 
 def _complex(real: torch.dtype) -> torch.dtype:
     return torch.complex64 if real == torch.float32 else torch.complex128
-
-
-def logits(signals: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """Normalised detector signals as logits for a cross-entropy loss."""
-    return signals / temperature

@@ -24,9 +24,9 @@ from satlab.validation import OptionError, require_count
 class D2nnCameraModel:
     """What the bench's camera does with light: electrons per unit intensity and second,
     full well, ADC bits, read noise, and whether photon shot noise is drawn. The default
-    fills the well at an intensity of 50 in 1 ms: a digit through random masks peaks near
-    10, through trained masks that gather its light (about 340) into a detector, lower
-    than 50."""
+    fills the well at an intensity of 50 in 1 ms: a digit through random masks peaks at
+    2-10; trained masks gather its light (about 340 in all) onto the detectors, and
+    must not saturate them."""
 
     def __init__(self, electrons_per_unit_s: float = 4e5, full_well_e: float = 20_000.0,
                  bit_depth: int = 12, read_noise_e: float = 0.0, shot_noise: bool = False) -> None:
@@ -58,8 +58,6 @@ def _check_common(preset: str, slm_bits: int, camera: dict) -> None:
 
 class D2nnBench:
     """Shared state of one simulated D2NN bench: masks shown, digits loaded, imperfections."""
-
-    imperfection_names = ("mask_rotation_deg", "mask_shift_px", "axial_error_um")
 
     @staticmethod
     def check_options(preset: str = "sat_system3", slm_bits: int = 8, camera: dict | None = None,
@@ -108,7 +106,7 @@ class D2nnBench:
         self.generator.set_state(state["generator"])
 
     def set_imperfection(self, name: str, value: float, draw: int = 0) -> None:
-        """Misalign the bench (names: ``imperfection_names``); the twin stays aligned."""
+        """Misalign the bench (names: the D2NN system's imperfections); the twin stays aligned."""
         now = self.imperfections
         if name == "mask_rotation_deg":
             self.imperfections = D2nnImperfections(math.radians(value), now.mask_shift_px, now.axial_error)
@@ -122,7 +120,9 @@ class D2nnBench:
 
 class D2nnTwin(torch.nn.Module):
     """The bench's model with no imperfections, read through the same (noise-free) camera:
-    twin(x (B, image²), device phases (masks·grid²), exposure_s) → detector signals."""
+    twin(x (B, image²), device phases (masks·grid²), exposure_s, regions) → detector
+    signals. Give it the bench's options: the camera and slm_bits must match for the two
+    to agree bit for bit."""
 
     def __init__(self, preset: str = "sat_system3", slm_bits: int = 8, camera: dict | None = None,
                  noise_seed: int = 0) -> None:
@@ -134,12 +134,13 @@ class D2nnTwin(torch.nn.Module):
 
     check_options = staticmethod(D2nnBench.check_options)
 
-    def forward(self, x: torch.Tensor, phases: torch.Tensor, exposure_s: float) -> torch.Tensor:
-        """Normalised detector signals (B, regions)."""
+    def forward(self, x: torch.Tensor, phases: torch.Tensor, exposure_s: float,
+                regions: torch.Tensor) -> torch.Tensor:
+        """Normalised signals (B, regions) of the detector ``regions`` (regions, grid, grid)."""
         p = self.model.params
         masks = optics.quantise_phase(phases.reshape(p.masks, p.grid, p.grid), self.lut)
         counts = self.camera.counts(self.model.intensity(x.reshape(-1, p.image, p.image), masks), exposure_s)
-        return normalised_signals(counts, self.model.regions)
+        return normalised_signals(counts, regions)
 
 
 class SimulatedSlm(PhaseModulator):

@@ -17,7 +17,8 @@ BENCH = Path(__file__).parents[1] / "benchmarks" / "d2nn_speed.py"
 
 def straightforward():
     """The benchmark's implementation from the paper's recipe (fftshifts, rebuilt transfer
-    functions, complex128): written separately, so it checks the model's chain."""
+    functions, complex128): written separately, it checks the model's chain, caching and
+    plumbing; the physics itself is checked against closed forms in test_optics."""
     spec = importlib.util.spec_from_file_location("d2nn_speed", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -51,7 +52,7 @@ def test_single_precision_keeps_outputs_and_the_first_masks_gradient(inputs):
         F.cross_entropy(out / 0.1, labels).backward()
         grads.append(m.grad[0].double().flatten())
         assert torch.isfinite(m.grad).all() and m.grad.abs().max() > 0
-    assert float(F.cosine_similarity(grads[0], grads[1], dim=0)) > 0.99
+    assert float(F.cosine_similarity(grads[0], grads[1], dim=0)) > 0.9999
 
 
 def test_misalignment_changes_the_answer_and_none_changes_nothing(inputs):

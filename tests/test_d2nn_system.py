@@ -51,30 +51,40 @@ def test_a_macro_pixel_mask_is_shown_at_device_resolution(opened):
     rig, layer = opened
     controls = torch.zeros(layer.n_controls, dtype=torch.float64)
     controls[0] = math.pi  # the top-left 4x4 block of the first mask
-    controls[32 * 32 + 33] = math.pi / 2  # block (1, 1) of the second mask
+    controls[32 * 32 + 34] = math.pi / 2  # block (row 1, column 2) of the second mask
     layer.query(digits_like(1, 3), controls.numpy())
     first, second = rig.instruments["slm1"].bench.masks
     assert torch.all(first[:4, :4] == math.pi) and torch.count_nonzero(first) == 16
-    assert torch.all(second[4:8, 4:8] == math.pi / 2) and torch.count_nonzero(second) == 16
+    assert torch.all(second[4:8, 8:12] == math.pi / 2) and torch.count_nonzero(second) == 16
 
 
-def test_misalignment_moves_the_bench_and_not_the_twin(opened):
+@pytest.mark.parametrize("name, value", [("mask_rotation_deg", 1.0), ("mask_shift_px", 2.0),
+                                         ("axial_error_um", 100.0)])
+def test_misalignment_moves_the_bench_and_not_the_twin(opened, name, value):
     rig, layer = opened
     controls = layer.initial_controls(torch.Generator().manual_seed(4), 1.0)
     x = digits_like(4, 5)
     aligned = layer.query(x, controls.numpy())
-    rig.set_imperfection("mask_rotation_deg", 1.0)
-    rotated = layer.query(x, controls.numpy())
-    assert np.abs(rotated - aligned).max() > 1e-3
+    rig.set_imperfection(name, value)
+    moved = layer.query(x, controls.numpy())
+    assert np.abs(moved - aligned).max() > 1e-3
+    assert torch.equal(layer.twin(x, controls), torch.from_numpy(aligned))  # the twin stays put
     rig.reset_imperfections()
     assert np.array_equal(layer.query(x, controls.numpy()), aligned)
-    assert set(RIG.imperfections) == {"mask_rotation_deg", "mask_shift_px", "axial_error_um"}
+
+
+def test_phases_wrap_instead_of_piling_up_at_an_edge(opened):
+    _, layer = opened
+    controls = torch.tensor([-0.5, 7.0, 3.0] + [1.0] * (layer.n_controls - 3), dtype=torch.float64)
+    layer.project(controls)
+    torch.testing.assert_close(controls[:3], torch.tensor([2 * math.pi - 0.5, 7.0 - 2 * math.pi, 3.0],
+                                                          dtype=torch.float64))
 
 
 def test_a_saturated_camera_is_an_error_naming_the_exposure(opened):
     rig, layer = opened
     rig.instruments["camera"].set_exposure(0.5)  # 500 times the layer's exposure
-    with pytest.raises(RigError, match="camera saturated in 2 of 2 frames: lower the layer's exposure_s"):
+    with pytest.raises(RigError, match="camera saturated on the detectors in 2 of 2 frames: lower the layer's exposure_s"):
         layer.query(digits_like(2, 6), torch.zeros(layer.n_controls, dtype=torch.float64).numpy())
 
 
@@ -85,6 +95,8 @@ def test_a_saturated_camera_is_an_error_naming_the_exposure(opened):
     (lambda s: s["system"]["layer"].update(image=32), "system.layer.image", "digits shows 4096"),
     (lambda s: s["system"]["layer"]["detectors"].update(spacing_px=60), "system.layer.detectors",
      "leaves the 128x128 grid"),
+    (lambda s: s["system"]["layer"].update(slms=["slm1"]), "system.layer.twin",
+     "models 2 masks of 128x128"),
 ])
 def test_rig_file_mistakes_name_their_field(tmp_path, change, field, message):
     from importlib.resources import files

@@ -92,6 +92,24 @@ def test_a_quarter_turn_is_rot90_and_scale_one_is_identity():
     torch.testing.assert_close(optics.affine_resample(image), image, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("angle_deg, shift, scale", [(7.0, (2.0, -3.0), 1.0), (-20.0, (0.0, 0.0), 1.0),
+                                                     (0.0, (0.0, 0.0), 1.25)])
+def test_a_blob_moves_where_rotation_shift_and_scale_put_it(angle_deg, shift, scale):
+    rows, cols = 96, 160  # not square: the normalised coordinates differ per axis
+    y, x = optics.grid_coordinates((rows, cols), 1.0)
+    cy, cx, w = -12.0, 25.0, 3.0
+    blob = torch.exp(-((y - cy) ** 2 + (x - cx) ** 2) / w**2)
+    moved = optics.affine_resample(blob, math.radians(angle_deg), shift, scale)
+    a = math.radians(angle_deg)
+    # anticlockwise as displayed (rows grow downwards), then scaled, then shifted
+    ex = scale * (cx * math.cos(a) + cy * math.sin(a)) + shift[1]
+    ey = scale * (-cx * math.sin(a) + cy * math.cos(a)) + shift[0]
+    got_y = float((moved * y).sum() / moved.sum())
+    got_x = float((moved * x).sum() / moved.sum())
+    assert (got_y, got_x) == pytest.approx((ey, ex), abs=0.02)
+    assert float(moved.sum()) == pytest.approx(float(blob.sum()) * scale**2, rel=0.01)
+
+
 def test_quantisation_gives_exactly_two_to_the_bits_levels_and_passes_gradients():
     phase = torch.linspace(-7, 7, 20_000, dtype=torch.float64, requires_grad=True)
     for bits in (1, 3, 8):

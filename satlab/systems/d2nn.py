@@ -18,7 +18,8 @@ from pydantic import Field, PositiveInt
 
 from satlab import registry
 from satlab.detector_regions import normalised_signals, square_regions
-from satlab.rig import Rig, RigError
+from satlab.instruments import Roi
+from satlab.rig import Rig, RigError, RigLimitError
 from satlab.rigfile import PluginSpec, Strict, SystemSpec, check_plugin
 from satlab.systems.protocol import ControlSpace, Imperfection, LayerBackend, MacroPixels, System
 from satlab.validation import ConfigError, FinitePositive
@@ -55,17 +56,20 @@ class D2nnSystemSpec(SystemSpec):
 
 
 class D2nnLayerTwin(torch.nn.Module):
-    """The layer's twin on controls: macro-pixels → device phases → the bench's twin."""
+    """The layer's twin on controls: macro-pixels → device phases → the bench's twin, read
+    on the layer's own detector regions."""
 
-    def __init__(self, twin: torch.nn.Module, pixels: MacroPixels, exposure_s: float) -> None:
+    def __init__(self, twin: torch.nn.Module, pixels: MacroPixels, exposure_s: float,
+                 regions: torch.Tensor) -> None:
         super().__init__()
         self.twin, self.pixels, self.exposure_s = twin, pixels, exposure_s
+        self.register_buffer("regions", regions, persistent=False)
 
     def forward(self, x: torch.Tensor, controls: torch.Tensor) -> torch.Tensor:
         """Normalised detector signals (B, regions) for inputs (B, image²)."""
         masks = controls.shape[-1] // self.pixels.size
         phases = self.pixels(controls.reshape(masks, self.pixels.size))
-        return self.twin(x.double(), phases.flatten(), self.exposure_s)
+        return self.twin(x.double(), phases.flatten(), self.exposure_s, self.regions)
 
 
 class D2nnLayerBackend(LayerBackend):
@@ -84,11 +88,17 @@ class D2nnLayerBackend(LayerBackend):
         self.controls = ControlSpace("SLM phase", "rad", torch.zeros(n, dtype=torch.float64),
                                      torch.full((n,), 2 * math.pi, dtype=torch.float64))
         twin = registry.lookup(spec.twin.driver)(**spec.twin.options)
-        self.twin = D2nnLayerTwin(twin, self.pixels, spec.exposure_s)
-        rig.instruments[spec.camera].set_exposure(spec.exposure_s)
+        self.twin = D2nnLayerTwin(twin, self.pixels, spec.exposure_s, self.regions)
+        camera = rig.instruments[spec.camera]
+        camera.set_roi(Roi(0, 0, *camera.shape))  # the regions are in full-sensor pixels
+        camera.set_exposure(spec.exposure_s)
+        self._detector_pixels = self.regions.any(0).numpy()
+        self._full_scale = 2**camera.bit_depth - 1
 
     def measure(self, x: torch.Tensor, settings: np.ndarray) -> np.ndarray:
         """Each row of controls shown on the SLMs, then one camera frame per digit."""
+        if not np.isfinite(settings).all():  # refuse the stack whole, before any row is shown
+            raise RigLimitError(f"{self.name}: SLM phases must be finite")
         self.rig.load_inputs(self.spec.inputs, x.detach().double().clamp(0, 1).numpy())
         out = np.empty((len(settings), len(x), self.out_features))
         for p, row in enumerate(settings):
@@ -96,11 +106,17 @@ class D2nnLayerBackend(LayerBackend):
             for slm, phase in zip(self.spec.slms, phases, strict=True):
                 self.rig.show_phase(slm, phase.reshape(self.pixels.height, self.pixels.width).numpy())
             shot = self.rig.acquire(self.spec.camera, len(x))
-            if shot.saturated.any():
-                raise RigError(f"{self.spec.camera} saturated in {int(shot.saturated.sum())} of "
-                               f"{len(x)} frames: lower the layer's exposure_s ({self.spec.exposure_s:g} s)")
+            clipped = (shot.counts[:, self._detector_pixels] >= self._full_scale).any(-1)
+            if clipped.any():  # light outside the detectors may clip: it is not an output
+                raise RigError(f"{self.spec.camera} saturated on the detectors in {int(clipped.sum())} "
+                               f"of {len(x)} frames: lower the layer's exposure_s ({self.spec.exposure_s:g} s)")
             out[p] = normalised_signals(torch.from_numpy(shot.signal), self.regions).numpy()
         return out
+
+    def project(self, controls: torch.Tensor, margin: float = 0.0) -> None:
+        """Wrap phases into [0, 2π): a phase has no edge to clamp at."""
+        with torch.no_grad():
+            controls.remainder_(2 * math.pi)
 
 
 class D2nnSystem(System):
@@ -145,6 +161,17 @@ class D2nnSystem(System):
                            tuple(layer.detectors.layout), layer.detectors.spacing_px)
         except ValueError as exc:
             raise ConfigError(self.path, "system.layer.detectors", str(exc)) from None
+        # the twin must model this bench: as many masks, of the SLMs' and camera's size
+        twin = getattr(registry.lookup(layer.twin.driver)(**layer.twin.options), "model", None)
+        params = getattr(twin, "params", None)
+        if params is not None:
+            expected = (len(layer.slms), (rows, cols), tuple(rig.instruments[layer.camera].shape), layer.image)
+            modelled = (params.masks, (params.grid, params.grid), (params.grid, params.grid), params.image)
+            if expected != modelled:
+                raise ConfigError(self.path, "system.layer.twin", (
+                    f"models {modelled[0]} masks of {params.grid}x{params.grid}, a {params.image}-pixel "
+                    f"digit; the rig has {expected[0]} SLMs of {rows}x{cols}, a camera of "
+                    f"{expected[2][0]}x{expected[2][1]}, image {layer.image}"))
 
     def layer_shapes(self) -> list[tuple[str, int, int]]:
         """(name, image², detectors)."""
