@@ -123,6 +123,8 @@ def main() -> None:
     args = parser.parse_args()
     prepare_for_training()
     print(f"D2NN {P.grid}x{P.grid}, two masks, batch {args.batch}, {torch.get_num_threads()} threads")
+    # before this process grows: a forked child starts with its parent's peak RSS
+    memory = {name: peak_memory(name, args.batch) for name in variants()} if args.memory else {}
     results = {name: time_variant(name, args.batch, args.repeats) for name in variants()}
     base_t, base_out, base_grad = results["straightforward"]
     print(f"{'variant':<18}{'s/batch':>9}{'speed-up':>10}{'max |out diff|':>16}{'grad cos':>11}"
@@ -131,7 +133,7 @@ def main() -> None:
         cos = float(F.cosine_similarity(grad.flatten(), base_grad.flatten(), dim=0))
         line = f"{name:<18}{t:9.3f}{base_t / t:9.2f}x{(out - base_out).abs().max():16.2e}{cos:11.6f}"
         if args.memory:
-            line += f"  {peak_memory(name, args.batch):.2f} GB"
+            line += f"  {memory[name]:.2f} GB"
         print(line)
 
 
