@@ -167,3 +167,15 @@ def test_camera_integrates_pixels_clips_at_full_well_and_digitises():
     electrons = noisy * 4000.0 / 65535
     assert float(electrons.mean()) == pytest.approx(400, rel=0.01)
     assert float(electrons.var()) == pytest.approx(400, rel=0.05)  # shot noise: variance = mean
+
+
+def test_padding_lets_light_leave_the_window_instead_of_wrapping_around():
+    beam = torch.roll(optics.gaussian_beam((64, 64), PITCH, 6e-6), 26, dims=1)  # near the right edge
+    wrapped = optics.propagate(beam, PITCH, LAMBDA, 1e-3)
+    padded = optics.propagate(beam, PITCH, LAMBDA, 1e-3, pad=64)
+    assert padded.shape == wrapped.shape == beam.shape
+    energy = float(beam.abs().pow(2).sum())
+    assert float(wrapped.abs().pow(2).sum()) == pytest.approx(energy, rel=1e-12)  # all wrapped back
+    assert float(wrapped[:, :16].abs().pow(2).sum()) > 0.01 * energy  # ...onto the left edge
+    assert float(padded.abs().pow(2).sum()) < 0.9 * energy  # padded: it left through the right
+    assert float(padded[:, :16].abs().pow(2).sum()) < 1e-4 * energy  # 0.2 of it without padding
