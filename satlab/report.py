@@ -98,17 +98,26 @@ def make_report(paths: list[Path], out: Path) -> str:
     summaries = [read_summary(r) for r in runs]
     many = len({r.parent for r in runs}) > 1
     fig, (ax_drift, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for run, s in zip(runs, summaries):
+    drifting = any(s["drift_sweep"] for s in summaries)
+    for i, (run, s) in enumerate(zip(runs, summaries)):
         sweep = s["drift_sweep"]
         label = _label(run, s, many)
-        ax_drift.plot([p["drift_K"] for p in sweep],
-                      [math.nan if p["accuracy"] is None else 100 * p["accuracy"] for p in sweep],
-                      "o-", label=label)
+        if drifting:
+            ax_drift.plot([p["drift_K"] for p in sweep],
+                          [math.nan if p["accuracy"] is None else 100 * p["accuracy"] for p in sweep],
+                          "o-", label=label)
+        elif s["test_accuracy"] is not None:  # a system without drift: its nominal accuracy
+            ax_drift.bar(i, 100 * s["test_accuracy"], label=label, color=f"C{i}")
         queries, losses = read_loss_curve(run)
         if queries:
             ax_loss.plot(queries, losses, label=label, alpha=0.8)
-    ax_drift.set(xlabel="thermal drift dT (K)", ylabel="test accuracy (%)", ylim=(0, 100),
-                 title="Accuracy under drift (eval mode, full test set)")
+    if drifting:
+        ax_drift.set(xlabel="thermal drift dT (K)", ylabel="test accuracy (%)", ylim=(0, 100),
+                     title="Accuracy under drift (eval mode, full test set)")
+    else:
+        ax_drift.set(xticks=[], ylabel="test accuracy (%)", ylim=(0, 100),
+                     title="Test accuracy (eval mode, full test set; no drift in this system:\n"
+                           "sweep its imperfections with satlab evaluate --sweep)")
     ax_loss.set(xlabel="rig queries", ylabel="training loss (batch)",
                 title="Training loss vs measurement cost", yscale="log")
     for ax in (ax_drift, ax_loss):
