@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from satlab.simulators.d2nn import D2nnModel, D2nnParams
 
 from satlab.data import load_offline_mnist
-from satlab.detector_regions import square_regions
+from satlab.camera_readout import square_regions
 from satlab.process import prepare_for_training
 
 P = D2nnParams()

@@ -58,6 +58,9 @@ class ModelConfig(Strict):
     front: Literal["lenet", "image"] = Field("lenet", description=(
         "lenet: convolutions and a linear layer feed the first physical layer; image: the "
         "digit itself, resized to the first physical layer's square input (an optical input)"))
+    activation: Literal["hardtanh", "sigmoid"] = Field("hardtanh", description=(
+        "between physical layers, after BatchNorm: hardtanh clips to [0, 1] (optical powers); "
+        "sigmoid squashes into (0, 1)"))
     readout_scale: FinitePositive = Field(1.0, description=(
         "logits = last physical layer's outputs x this (normalised detector signals need ~10)"))
     conv_channels: list[PositiveInt] = [6, 16]

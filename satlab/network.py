@@ -14,9 +14,10 @@ from satlab.physical_layer import PhysicalLayer
 from satlab.systems.protocol import LayerBackend
 
 
-def _bounded(features: int) -> list[nn.Module]:
+def _bounded(features: int, activation: str = "hardtanh") -> list[nn.Module]:
     # Optical powers are non-negative and the modulator saturates: inputs in [0, 1].
-    return [nn.BatchNorm1d(features), nn.Hardtanh(0.0, 1.0)]
+    squash = nn.Sigmoid() if activation == "sigmoid" else nn.Hardtanh(0.0, 1.0)
+    return [nn.BatchNorm1d(features), squash]
 
 
 class ImageFront(nn.Module):
@@ -61,7 +62,8 @@ class HybridNet(nn.Module):
             start = backend.initial_controls(generator, cfg.init_weight_range)
             self.physical.append(PhysicalLayer(backend, estimator, start))
             last = i == len(backends) - 1
-            self.between.append(nn.Identity() if last else nn.Sequential(*_bounded(backend.out_features)))
+            self.between.append(nn.Identity() if last else
+                                nn.Sequential(*_bounded(backend.out_features, cfg.activation)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of images (B, 1, 28, 28)."""

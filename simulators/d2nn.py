@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from satlab.simulators import optics
 
-from satlab.detector_regions import normalised_signals, square_regions
+from satlab.camera_readout import normalised_signals, square_regions
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch
 from satlab.simulators import optics
 from satlab.simulators.d2nn import PRESETS, D2nnImperfections, D2nnModel
 
-from satlab.detector_regions import normalised_signals
+from satlab.camera_readout import normalised_signals
 from satlab.instruments import Camera, InputModulator, PhaseModulator, Roi
 from satlab.phase_lut import PhaseLut
 from satlab.validation import OptionError, require_count

@@ -9,7 +9,7 @@ import pytest
 import torch
 from satlab.simulators import optics
 
-from satlab.detector_regions import region_sums, square_regions
+from satlab.camera_readout import region_sums, square_regions
 from satlab.phase_lut import PhaseLut
 
 LAMBDA, PITCH = 532e-9, 2e-6

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from satlab import registry
-from satlab.detector_regions import normalised_signals, square_regions
+from satlab.camera_readout import normalised_signals, square_regions
 from satlab.instruments import Roi
 from satlab.rig import Rig, RigError, RigLimitError
 from satlab.rigfile import PluginSpec, Strict, SystemSpec, check_plugin

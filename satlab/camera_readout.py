@@ -1,8 +1,10 @@
-"""Detector regions on a camera: which pixels make up each output of an imaging system.
+"""Camera readouts: which pixels make up each output of an imaging system, and how
+their light becomes outputs.
 
 A camera-read system's outputs are the light on a few regions of its frames (a D2NN's
-ten class detectors); the same regions serve the real camera, the simulated one and the
-twin, so all three turn frames into outputs the same way.
+ten class detectors) or on single pixels against a reference (an incoherent layer's
+tiles); the same functions serve the real camera, the simulated one and the twin, so
+all three turn frames into outputs the same way.
 """
 
 from __future__ import annotations
@@ -42,3 +44,19 @@ def normalised_signals(frames: torch.Tensor, regions: torch.Tensor) -> torch.Ten
     """Region sums divided by their total per frame (a dark frame gives zeros, not NaN)."""
     signals = region_sums(frames, regions)
     return signals / signals.sum(-1, keepdim=True).clamp(min=torch.finfo(signals.dtype).tiny)
+
+
+def referenced_signals(frames: torch.Tensor) -> torch.Tensor:
+    """(S_i − S_ref) / S_ref for pixel sums (..., n + 1) whose last one is the reference.
+
+    A layer showing weights w as transmissions (w + 1)/2 and a reference at 1/2 gives
+    sum_j w_ij x_j / sum_j x_j: signed, and free of the light's absolute scale.
+    """
+    reference = frames[..., -1:]
+    return (frames[..., :-1] - reference) / reference.clamp(min=torch.finfo(frames.dtype).tiny)
+
+
+def shown_as_transmissions(weights: torch.Tensor) -> torch.Tensor:
+    """What a weight display shows for weights (out, n) in [-1, 1]: every row as
+    transmissions (w + 1)/2, then a reference row at 1/2 (read by ``referenced_signals``)."""
+    return torch.cat([(weights + 1) / 2, torch.full_like(weights[:1], 0.5)])

@@ -1,0 +1,139 @@
+"""The incoherent free-space system (the SAT paper's System 4): fully connected layers
+whose weights are shown as tiles on a weight display, multiplied by the input image
+fanned out onto every tile, and summed onto one camera pixel per tile.
+
+Weights w in [-1, 1] are the controls; the display shows (w + 1)/2 and a reference tile
+at 1/2, and the camera's pixels against the reference give sum_j w_ij x_j / sum_j x_j
+(``satlab.camera_readout``). Misalignment of the display (rotation, shift, scale of the
+picture) is what the bench's imperfections model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveInt, model_validator
+
+from satlab import registry
+from satlab.camera_readout import referenced_signals, shown_as_transmissions
+from satlab.rig import Rig, RigError, RigLimitError
+from satlab.rigfile import PluginSpec, Strict, SystemSpec, check_plugin
+from satlab.systems.protocol import ControlSpace, Imperfection, LayerBackend, System
+from satlab.validation import ConfigError
+
+
+class FreeSpaceLayerSpec(Strict):
+    """One layer: its weight display, input display, camera and twin."""
+
+    name: str
+    in_features: PositiveInt = Field(description="pixels of the input image (a square number)")
+    out_features: PositiveInt
+    weights: str
+    inputs: str
+    camera: str
+    twin: PluginSpec
+
+    @model_validator(mode="after")
+    def _square_input(self) -> FreeSpaceLayerSpec:
+        if math.isqrt(self.in_features) ** 2 != self.in_features:
+            raise ValueError(f"in_features must be side x side pixels, got {self.in_features}")
+        return self
+
+
+class FreeSpaceSystemSpec(SystemSpec):
+    """The ``system`` section of an incoherent free-space rig file."""
+
+    model_config = Strict.model_config
+    type: Literal["incoherent_freespace"]
+    layers: list[FreeSpaceLayerSpec] = Field(min_length=1)
+
+
+class FreeSpaceLayerBackend(LayerBackend):
+    """Shows a layer's weights, loads its inputs, reads its tiles against the reference."""
+
+    def __init__(self, rig: Rig, spec: FreeSpaceLayerSpec) -> None:
+        super().__init__()
+        self.rig, self.spec, self.name = rig, spec, spec.name
+        self.in_features, self.out_features = spec.in_features, spec.out_features
+        n = spec.in_features * spec.out_features
+        self.controls = ControlSpace("displayed weight", "1", torch.full((n,), -1.0, dtype=torch.float64),
+                                     torch.ones(n, dtype=torch.float64))
+        self.control_outputs = np.repeat(np.arange(spec.out_features), spec.in_features)
+        self.twin = registry.lookup(spec.twin.driver)(**spec.twin.options)
+        self._full_scale = 2**rig.instruments[spec.camera].bit_depth - 1
+
+    def measure(self, x: torch.Tensor, settings: np.ndarray) -> np.ndarray:
+        """Each row of weights shown, then one camera frame per input image."""
+        if not np.isfinite(settings).all():  # refuse the stack whole, before any row is shown
+            raise RigLimitError(f"{self.name}: weights must be finite")
+        self.rig.load_inputs(self.spec.inputs, x.detach().double().clamp(0, 1).numpy())
+        out = np.empty((len(settings), len(x), self.out_features))
+        for p, row in enumerate(settings):
+            weights = torch.from_numpy(row).clamp(-1, 1).reshape(self.out_features, self.in_features)
+            self.rig.load_inputs(self.spec.weights, shown_as_transmissions(weights).reshape(1, -1).numpy())
+            shot = self.rig.acquire(self.spec.camera, len(x))
+            if (shot.counts >= self._full_scale).any():
+                raise RigError(f"{self.spec.camera} saturated: lower the light on the tiles")
+            out[p] = referenced_signals(torch.from_numpy(shot.signal[:, 0])).numpy()
+        return out
+
+
+class IncoherentFreeSpace(System):
+    """Fully connected layers of displayed weight tiles read by a camera."""
+
+    Spec = FreeSpaceSystemSpec
+    imperfections = {
+        "rotation_deg": Imperfection("deg", 0.0, "rotation of the displayed weight tiles"),
+        "shift_px": Imperfection("px", 0.0, "shift of the displayed weight tiles along the rows"),
+        "scale": Imperfection("x", 1.0, "magnification of the displayed weight tiles"),
+    }
+
+    def check(self) -> None:
+        """Instruments exist with the right kinds; each layer has its own; twins are modules."""
+        instruments, used = self.rig_spec.instruments, {}
+        for i, layer in enumerate(self.spec.layers):
+            where = f"system.layers.{i}"
+            for role, kind in (("weights", "input_modulator"), ("inputs", "input_modulator"),
+                               ("camera", "camera")):
+                name = getattr(layer, role)
+                if name not in instruments:
+                    raise ConfigError(self.path, f"{where}.{role}", f"no instrument named {name!r}")
+                if instruments[name].kind != kind:
+                    raise ConfigError(self.path, f"{where}.{role}", f"{name!r} must be a {kind}")
+                if name in used:
+                    raise ConfigError(self.path, f"{where}.{role}", f"{name!r} is already used by "
+                                                                    f"{used[name]}; each layer needs its own")
+                used[name] = f"{where}.{role}"
+            check_plugin(self.path, f"{where}.twin", layer.twin.driver, {}, layer.twin.options,
+                         (torch.nn.Module, "digital twin (torch module)"))
+
+    def check_open(self, rig: Rig) -> None:
+        """Display and camera sizes match each layer."""
+        for i, layer in enumerate(self.spec.layers):
+            where = f"system.layers.{i}"
+            sizes = (("in_features", layer.inputs, layer.in_features),
+                     ("out_features", layer.weights, (layer.out_features + 1) * layer.in_features),
+                     ("out_features", layer.camera, None))
+            for field, name, expected in sizes:
+                dev = rig.instruments[name]
+                got, want = ((dev.channels, expected) if expected is not None
+                             else (dev.shape[1], layer.out_features + 1))
+                if got != want:
+                    raise ConfigError(self.path, f"{where}.{field}",
+                                      f"{name} has {got} {'channels' if expected else 'pixels'}; "
+                                      f"this layer needs {want}")
+
+    def layer_shapes(self) -> list[tuple[str, int, int]]:
+        """(name, in, out) of every layer."""
+        return [(layer.name, layer.in_features, layer.out_features) for layer in self.spec.layers]
+
+    def control_span(self) -> tuple[float, str]:
+        """Weights span [-1, 1]."""
+        return 2.0, "1"
+
+    def build_layers(self, rig: Rig) -> list[FreeSpaceLayerBackend]:
+        """One backend per layer."""
+        return [FreeSpaceLayerBackend(rig, layer) for layer in self.spec.layers]

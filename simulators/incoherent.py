@@ -1,0 +1,198 @@
+"""An incoherent free-space layer (the SAT paper's System 4) and its simulated bench.
+
+Each output neuron's weights are a tile on a weight display, side x side pixels like the
+input image; the input image is fanned out onto every tile, each tile's light is summed
+by a lens onto one camera pixel. Weights w in [-1, 1] are shown as transmissions
+(w + 1)/2 and a reference tile at 1/2 measures the offset: the outputs are
+sum_j w_ij x_j / sum_j x_j (``referenced_signals``). Misalignment is an affine transform (rotation, shift along the rows,
+scale) of every displayed tile against the input image: light outside the display is
+lost, on the tiles and on the reference alike.
+
+The bench evaluates ``IncoherentModel`` with its imperfections, the twin the same model
+without, read through the same camera: without noise they agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from satlab.simulators import optics
+
+from satlab.camera_readout import referenced_signals, shown_as_transmissions
+from satlab.instruments import Camera, InputModulator, Roi
+from satlab.validation import OptionError, require_count
+
+
+class IncoherentModel:
+    """Tile sums of one layer: inputs (B, side²), weights (out, side²) in [-1, 1]."""
+
+    def __init__(self, side: int, outputs: int) -> None:
+        self.side, self.outputs = side, outputs
+
+    def tile_sums(self, x: torch.Tensor, transmission: torch.Tensor, rotation_rad: float = 0.0,
+                  shift_px: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+        """Light through each displayed tile (B, tiles) for transmissions (tiles, side²)."""
+        tiles = transmission.reshape(-1, self.side, self.side)
+        if rotation_rad or shift_px or scale != 1.0:
+            tiles = optics.affine_resample(tiles, rotation_rad, (shift_px, 0.0), scale)
+        return x.reshape(len(x), -1) @ tiles.reshape(len(tiles), -1).T
+
+
+
+
+class IncoherentCameraModel:
+    """One camera pixel per tile: electrons per unit of light, full well, ADC, read noise."""
+
+    def __init__(self, electrons_per_unit: float = 50.0, full_well_e: float = 40_000.0,
+                 bit_depth: int = 16, read_noise_e: float = 0.0) -> None:
+        self.electrons_per_unit, self.full_well_e = electrons_per_unit, full_well_e
+        self.bit_depth, self.read_noise_e = bit_depth, read_noise_e
+
+    def counts(self, sums: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Counts (B, 1, tiles) of the tile sums (B, tiles)."""
+        return optics.camera_counts(sums[:, None, :], 1, self.electrons_per_unit, self.full_well_e,
+                                    self.bit_depth, self.read_noise_e,
+                                    generator if self.read_noise_e > 0 else None)
+
+
+def _check(side: int, outputs: int, camera: dict) -> None:
+    require_count("side", side, 2, highest=256)
+    require_count("outputs", outputs, 1, highest=4096)
+    try:
+        IncoherentCameraModel(**camera)
+    except TypeError as exc:
+        raise OptionError("camera", str(exc)) from None
+
+
+class IncoherentBench:
+    """One simulated incoherent layer: the input image, the weight display, the camera."""
+
+    @staticmethod
+    def check_options(side: int = 28, outputs: int = 144, camera: dict | None = None,
+                      noise_seed: int = 0) -> None:
+        """Validate rig-file options without building a bench."""
+        _check(side, outputs, camera or {})
+        require_count("noise_seed", noise_seed, 0, highest=2**32 - 1)
+
+    def __init__(self, side: int = 28, outputs: int = 144, camera: dict | None = None,
+                 noise_seed: int = 0) -> None:
+        self.check_options(side, outputs, camera, noise_seed)
+        self.model, self.camera = IncoherentModel(side, outputs), IncoherentCameraModel(**(camera or {}))
+        self.transmission = torch.full((outputs + 1, side * side), 0.5, dtype=torch.float64)
+        self.inputs = torch.zeros(1, side * side, dtype=torch.float64)
+        self.generator = torch.Generator().manual_seed(noise_seed)
+        self.reset_imperfections()
+
+    def reset_imperfections(self) -> None:
+        """Aligned, as in the rig file."""
+        self.rotation_deg, self.shift_px, self.scale = 0.0, 0.0, 1.0
+
+    def set_imperfection(self, name: str, value: float, draw: int = 0) -> None:
+        """Misalign the weight display (names: the free-space system's imperfections)."""
+        if name not in ("rotation_deg", "shift_px", "scale"):
+            raise KeyError(f"the incoherent bench has no imperfection {name!r}")
+        setattr(self, name, float(value))
+
+    def state_dict(self) -> dict:
+        """The noise generator's state, for an exact resume."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict returned."""
+        self.generator.set_state(state["generator"])
+
+    def frames(self) -> torch.Tensor:
+        """Counts (B, 1, tiles) for the loaded inputs."""
+        sums = self.model.tile_sums(self.inputs, self.transmission, math.radians(self.rotation_deg),
+                                    self.shift_px, self.scale)
+        return self.camera.counts(sums, self.generator)
+
+
+class IncoherentTwin(torch.nn.Module):
+    """The aligned model through the same camera: twin(x, weights) → outputs (B, outputs)."""
+
+    check_options = staticmethod(IncoherentBench.check_options)
+
+    def __init__(self, side: int = 28, outputs: int = 144, camera: dict | None = None,
+                 noise_seed: int = 0) -> None:
+        super().__init__()
+        _check(side, outputs, camera or {})
+        self.model, self.camera = IncoherentModel(side, outputs), IncoherentCameraModel(**(camera or {}))
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The layer's outputs (B, outputs), as the bench's camera reads them."""
+        shown = shown_as_transmissions(weights.reshape(self.model.outputs, -1))
+        counts = self.camera.counts(self.model.tile_sums(x.double(), shown))
+        return referenced_signals(counts[:, 0])
+
+
+class WeightDisplay(InputModulator):
+    """The bench's weight display: every tile's transmission in [0, 1], the reference last."""
+
+    full_scale_W = 1.0
+
+    def __init__(self, resource: IncoherentBench) -> None:
+        self.bench = resource
+        self.channels = resource.transmission.numel()
+
+    def identify(self) -> str:
+        """Name and size."""
+        m = self.bench.model
+        return f"simulated weight display, {m.outputs} + 1 tiles of {m.side}x{m.side}"
+
+    def load(self, values: np.ndarray) -> None:
+        """Show one picture (1, tiles·side²) of transmissions."""
+        self.bench.transmission = torch.from_numpy(np.asarray(values, dtype=float)).reshape(
+            self.bench.transmission.shape)
+
+    def safe_state(self) -> None:
+        """Dark: every transmission at zero."""
+        self.load(np.zeros((1, self.channels)))
+
+
+class ImageDisplay(InputModulator):
+    """The bench's input display: a batch of images (B, side²) in [0, 1]."""
+
+    full_scale_W = 1.0
+
+    def __init__(self, resource: IncoherentBench) -> None:
+        self.bench = resource
+        self.channels = resource.model.side**2
+
+    def identify(self) -> str:
+        """Name and size."""
+        return f"simulated image display, {self.bench.model.side}x{self.bench.model.side}"
+
+    def load(self, values: np.ndarray) -> None:
+        """Show a batch of images."""
+        self.bench.inputs = torch.from_numpy(np.asarray(values, dtype=float))
+
+
+class TileCamera(Camera):
+    """The bench's camera: one pixel per tile, one frame per input image."""
+
+    exposure_s = 1e-3
+
+    def __init__(self, resource: IncoherentBench) -> None:
+        self.bench = resource
+        self.shape = (1, resource.model.outputs + 1)
+        self.roi, self.pixel_pitch_m = Roi(0, 0, *self.shape), math.nan
+        self.bit_depth = resource.camera.bit_depth
+
+    def identify(self) -> str:
+        """Name and size."""
+        return f"simulated tile camera, {self.shape[1]} pixels, {self.bit_depth}-bit"
+
+    def set_exposure(self, seconds: float) -> None:
+        """The simulated camera's scale is set by its electrons per unit of light."""
+        raise ValueError("the simulated tile camera has a fixed exposure; set camera.electrons_per_unit")
+
+    def grab(self, frames: int) -> np.ndarray:
+        """A frame per loaded image."""
+        counts = self.bench.frames()
+        if frames != len(counts):
+            raise ValueError(f"the input shows {len(counts)} images; grab one frame per image")
+        r = self.roi
+        return counts[:, r.row:r.row + r.height, r.col:r.col + r.width].numpy().astype(np.uint32)
