@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, field_validator
 
 from satlab import registry
 from satlab.camera_readout import referenced_signals, shown_as_transmissions
@@ -36,11 +36,12 @@ class FreeSpaceLayerSpec(Strict):
     camera: str
     twin: PluginSpec
 
-    @model_validator(mode="after")
-    def _square_input(self) -> FreeSpaceLayerSpec:
-        if math.isqrt(self.in_features) ** 2 != self.in_features:
-            raise ValueError(f"in_features must be side x side pixels, got {self.in_features}")
-        return self
+    @field_validator("in_features")
+    @classmethod
+    def _square_input(cls, v: int) -> int:
+        if math.isqrt(v) ** 2 != v:
+            raise ValueError(f"expected side x side pixels (a square number), got {v}")
+        return v
 
 
 class FreeSpaceSystemSpec(SystemSpec):

@@ -1,0 +1,123 @@
+"""The incoherent free-space system (System 4) on its simulated bench."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from importlib.resources import files
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import SATLAB, write_yaml
+
+from satlab.rig import Rig, RigError
+from satlab.rigfile import load_rig_file
+from satlab.systems import system_for
+from satlab.validation import ConfigError
+
+RIG_FILE = files("satlab.configs") / "freespace-sim.yaml"
+
+
+@pytest.fixture
+def opened():
+    spec = load_rig_file(RIG_FILE)
+    with Rig(spec, RIG_FILE) as rig:
+        yield rig, system_for(spec, RIG_FILE).build_layers(rig)
+
+
+def weights_and_images(layer, seed: int, batch: int = 5):
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.rand(layer.n_controls, generator=gen, dtype=torch.float64) * 2 - 1
+    images = torch.rand(batch, layer.in_features, generator=gen, dtype=torch.float64) * 0.3
+    return weights, images
+
+
+def test_each_layer_computes_wx_over_the_input_light_and_equals_its_twin_bit_for_bit(opened):
+    _, layers = opened
+    assert [(l.in_features, l.out_features) for l in layers] == [(784, 144), (144, 10)]
+    for seed, layer in enumerate(layers):
+        w, x = weights_and_images(layer, seed)
+        measured = layer.query(x, w.numpy())
+        assert torch.equal(torch.from_numpy(measured), layer.twin(x, w))
+        expected = (x @ w.reshape(layer.out_features, -1).T) / x.sum(1, keepdim=True)
+        np.testing.assert_allclose(measured, expected.numpy(), atol=2e-3)  # the 16-bit camera's steps
+
+
+def test_a_shifted_display_reads_the_tiles_moved_down_with_light_lost_at_the_edge(opened):
+    rig, layers = opened
+    layer = layers[1]  # 12x12 tiles
+    w, x = weights_and_images(layer, 3)
+    rig.set_imperfection("shift_px", 2.0)
+    measured = layer.query(x, w.numpy())
+    tiles = torch.cat([(w.reshape(10, 12, 12) + 1) / 2, torch.full((1, 12, 12), 0.5, dtype=torch.float64)])
+    moved = torch.zeros_like(tiles)
+    moved[:, 2:, :] = tiles[:, :-2, :]  # two rows down, nothing shown above
+    sums = x.reshape(-1, 144) @ moved.reshape(11, -1).T
+    expected = (sums[:, :-1] - sums[:, -1:]) / sums[:, -1:]
+    np.testing.assert_allclose(measured, expected.numpy(), atol=2e-3)
+    aligned = layer.twin(x, w).numpy()
+    assert np.abs(measured - aligned).max() > 0.01  # and it matters
+
+
+@pytest.mark.parametrize("name, value", [("rotation_deg", 3.0), ("scale", 1.1)])
+def test_rotation_and_scale_change_the_outputs_until_reset(opened, name, value):
+    rig, layers = opened
+    layer = layers[0]
+    w, x = weights_and_images(layer, 4)
+    aligned = layer.query(x, w.numpy())
+    rig.set_imperfection(name, value)
+    assert np.abs(layer.query(x, w.numpy()) - aligned).max() > 0.01
+    rig.reset_imperfections()
+    assert np.array_equal(layer.query(x, w.numpy()), aligned)
+
+
+def test_a_saturated_tile_camera_is_an_error(opened):
+    rig, layers = opened
+    rig.resources["fc2"].camera.electrons_per_unit = 1e4
+    w, x = weights_and_images(layers[1], 5)
+    with pytest.raises(RigError, match="camera2 saturated"):
+        layers[1].query(x * 3, w.numpy())
+
+
+@pytest.mark.parametrize("change, field, message", [
+    (lambda s: s["system"]["layers"][0].update(in_features=780), "system.layers.0.in_features",
+     "side x side pixels"),
+    (lambda s: s["system"]["layers"][1].update(camera="camera1"), "system.layers.1.camera",
+     "already used"),
+    (lambda s: s["system"]["layers"][0].update(weights="camera1"), "system.layers.0.weights",
+     "must be a input_modulator"),
+    (lambda s: s["system"]["layers"][1].update(out_features=12), "system.layers.1.out_features",
+     "weights2 has 1584 channels; this layer needs 1872"),
+])
+def test_rig_file_mistakes_name_their_field(tmp_path, change, field, message):
+    spec = yaml.safe_load(RIG_FILE.read_text())
+    change(spec)
+    path = write_yaml(tmp_path / "rig.yaml", spec)
+    with pytest.raises(ConfigError, match=message) as err:
+        rig_spec = load_rig_file(path)
+        with Rig(rig_spec, path):
+            pass
+    assert err.value.field == field
+
+
+def test_sat_trains_the_displayed_weights_through_satlab_train(tmp_path):
+    config = write_yaml(tmp_path / "fs.yaml", {
+        "name": "fs-tiny", "rig": str(RIG_FILE),
+        "data": {"train_per_class": 3, "test_per_class": 2},
+        "model": {"front": "image", "physical": [784, 144, 10], "activation": "sigmoid",
+                  "readout_scale": 10, "init_weight_range": 0.3},
+        "estimator": {"name": "physics_aware"},
+        "training": {"methods": ["sat"], "epochs": 1, "batch_size": 10, "lr_controls": 0.01,
+                     "rho": 0.1, "adaptive": False}})
+    run = tmp_path / "run"
+    done = subprocess.run([SATLAB, "train", str(config), "--run-dir", str(run), "--quiet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((run / "sat" / "summary.json").read_text())
+    assert summary["rig_queries"] == 3 * 2 * 2  # three steps, two layers, SAT's two passes
+    swept = subprocess.run([SATLAB, "evaluate", str(run), "--sweep", "shift_px=0,3"],
+                           capture_output=True, text=True)
+    assert swept.returncode == 0, swept.stderr
+    assert "shift_px" in swept.stdout
