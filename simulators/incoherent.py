@@ -71,14 +71,19 @@ class IncoherentBench:
 
     @staticmethod
     def check_options(side: int = 28, outputs: int = 144, camera: dict | None = None,
-                      noise_seed: int = 0) -> None:
+                      noise_seed: int = 0, misaligns: bool = True) -> None:
         """Validate rig-file options without building a bench."""
         _check(side, outputs, camera or {})
         require_count("noise_seed", noise_seed, 0, highest=2**32 - 1)
+        if not isinstance(misaligns, bool):
+            raise OptionError("misaligns", f"expected true or false, got {misaligns!r}")
 
     def __init__(self, side: int = 28, outputs: int = 144, camera: dict | None = None,
-                 noise_seed: int = 0) -> None:
-        self.check_options(side, outputs, camera, noise_seed)
+                 noise_seed: int = 0, misaligns: bool = True) -> None:
+        """``misaligns``: whether this layer's display takes the rig's misalignment
+        imperfections (a study may misalign one layer and keep the others aligned)."""
+        self.check_options(side, outputs, camera, noise_seed, misaligns)
+        self.misaligns = misaligns
         self.model, self.camera = IncoherentModel(side, outputs), IncoherentCameraModel(**(camera or {}))
         self.transmission = torch.full((outputs + 1, side * side), 0.5, dtype=torch.float64)
         self.inputs = torch.zeros(1, side * side, dtype=torch.float64)
@@ -93,7 +98,8 @@ class IncoherentBench:
         """Misalign the weight display (names: the free-space system's imperfections)."""
         if name not in ("rotation_deg", "shift_px", "scale"):
             raise KeyError(f"the incoherent bench has no imperfection {name!r}")
-        setattr(self, name, float(value))
+        if self.misaligns:
+            setattr(self, name, float(value))
 
     def state_dict(self) -> dict:
         """The noise generator's state, for an exact resume."""
@@ -116,7 +122,7 @@ class IncoherentTwin(torch.nn.Module):
     check_options = staticmethod(IncoherentBench.check_options)
 
     def __init__(self, side: int = 28, outputs: int = 144, camera: dict | None = None,
-                 noise_seed: int = 0) -> None:
+                 noise_seed: int = 0, misaligns: bool = True) -> None:
         super().__init__()
         _check(side, outputs, camera or {})
         self.model, self.camera = IncoherentModel(side, outputs), IncoherentCameraModel(**(camera or {}))

@@ -49,6 +49,11 @@ def test_a_shifted_display_reads_the_tiles_moved_down_with_light_lost_at_the_edg
     rig, layers = opened
     layer = layers[1]  # 12x12 tiles
     w, x = weights_and_images(layer, 3)
+    aligned = layer.query(x, w.numpy())
+    rig.set_imperfection("shift_px", 2.0)
+    # the shipped rig misaligns the first layer only (as the paper's study does)
+    assert np.array_equal(layer.query(x, w.numpy()), aligned)
+    rig.resources["fc2"].misaligns = True
     rig.set_imperfection("shift_px", 2.0)
     measured = layer.query(x, w.numpy())
     tiles = torch.cat([(w.reshape(10, 12, 12) + 1) / 2, torch.full((1, 12, 12), 0.5, dtype=torch.float64)])
