@@ -153,10 +153,6 @@ class WeightDisplay(InputModulator):
         self.bench.transmission = torch.from_numpy(np.asarray(values, dtype=float)).reshape(
             self.bench.transmission.shape)
 
-    def safe_state(self) -> None:
-        """Dark: every transmission at zero."""
-        self.load(np.zeros((1, self.channels)))
-
 
 class ImageDisplay(InputModulator):
     """The bench's input display: a batch of images (B, side²) in [0, 1]."""
