@@ -12,7 +12,7 @@ import torch
 import yaml
 from conftest import SATLAB, write_yaml
 
-from satlab.rig import Rig, RigError
+from satlab.rig import Rig, RigError, RigLimitError
 from satlab.rigfile import load_rig_file
 from satlab.systems import system_for
 from satlab.validation import ConfigError
@@ -126,3 +126,11 @@ def test_sat_trains_the_displayed_weights_through_satlab_train(tmp_path):
                            capture_output=True, text=True)
     assert swept.returncode == 0, swept.stderr
     assert "shift_px" in swept.stdout
+
+
+def test_a_weight_beyond_one_is_refused_by_the_rig_not_clipped(opened):
+    _, layers = opened
+    w, x = weights_and_images(layers[1], 7)
+    w[5] = 1.2
+    with pytest.raises(RigLimitError, match="within \\[0, 1\\]"):
+        layers[1].query(x, w.numpy())

@@ -73,7 +73,7 @@ class FreeSpaceLayerBackend(LayerBackend):
         self.rig.load_inputs(self.spec.inputs, x.detach().double().clamp(0, 1).numpy())
         out = np.empty((len(settings), len(x), self.out_features))
         for p, row in enumerate(settings):
-            weights = torch.from_numpy(row).clamp(-1, 1).reshape(self.out_features, self.in_features)
+            weights = torch.from_numpy(row).reshape(self.out_features, self.in_features)  # the rig refuses |w| > 1
             self.rig.load_inputs(self.spec.weights, shown_as_transmissions(weights).reshape(1, -1).numpy())
             shot = self.rig.acquire(self.spec.camera, len(x))
             if (shot.counts >= self._full_scale).any():
@@ -114,18 +114,15 @@ class IncoherentFreeSpace(System):
     def check_open(self, rig: Rig) -> None:
         """Display and camera sizes match each layer."""
         for i, layer in enumerate(self.spec.layers):
-            where = f"system.layers.{i}"
-            sizes = (("in_features", layer.inputs, layer.in_features),
-                     ("out_features", layer.weights, (layer.out_features + 1) * layer.in_features),
-                     ("out_features", layer.camera, None))
-            for field, name, expected in sizes:
-                dev = rig.instruments[name]
-                got, want = ((dev.channels, expected) if expected is not None
-                             else (dev.shape[1], layer.out_features + 1))
+            dev = rig.instruments
+            needs = [("in_features", layer.inputs, dev[layer.inputs].channels, layer.in_features, "channels"),
+                     ("out_features", layer.weights, dev[layer.weights].channels,
+                      (layer.out_features + 1) * layer.in_features, "channels"),
+                     ("out_features", layer.camera, dev[layer.camera].shape[1], layer.out_features + 1, "pixels")]
+            for field, name, got, want, unit in needs:
                 if got != want:
-                    raise ConfigError(self.path, f"{where}.{field}",
-                                      f"{name} has {got} {'channels' if expected else 'pixels'}; "
-                                      f"this layer needs {want}")
+                    raise ConfigError(self.path, f"system.layers.{i}.{field}",
+                                      f"{name} has {got} {unit}; this layer needs {want}")
 
     def layer_shapes(self) -> list[tuple[str, int, int]]:
         """(name, in, out) of every layer."""
