@@ -73,7 +73,8 @@ class FreeSpaceLayerBackend(LayerBackend):
         self.rig.load_inputs(self.spec.inputs, x.detach().double().clamp(0, 1).numpy())
         out = np.empty((len(settings), len(x), self.out_features))
         for p, row in enumerate(settings):
-            weights = torch.from_numpy(row).reshape(self.out_features, self.in_features)  # the rig refuses |w| > 1
+            # not clipped: a weight beyond ±1 is a transmission the rig's display check refuses
+            weights = torch.from_numpy(row).reshape(self.out_features, self.in_features)
             self.rig.load_inputs(self.spec.weights, shown_as_transmissions(weights).reshape(1, -1).numpy())
             shot = self.rig.acquire(self.spec.camera, len(x))
             if (shot.counts >= self._full_scale).any():
