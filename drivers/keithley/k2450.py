@@ -9,49 +9,17 @@ in ``sim.yaml``.
 
 from __future__ import annotations
 
-import numpy as np
 from pymeasure.instruments.keithley import Keithley2450
-from satlab.drivers.keithley.source_session import KeithleySource, check_compliance
-
-from satlab.validation import require_seconds
+from satlab.drivers.keithley.source_session import OneChannelKeithley
 
 
-class Keithley2450Source(KeithleySource):
+class Keithley2450Source(OneChannelKeithley):
     """One current channel of a Keithley 2450 (A), compliance voltage set on the instrument."""
 
-    channels = 1
-    max_current = 1.05  # the 2450's current range
+    model, instrument = "2450", Keithley2450
     probe = ("visa", "*IDN?", r"KEITHLEY.*MODEL 2450")  # how `satlab instruments` recognises one
-
-    @staticmethod
-    def check_options(compliance_voltage: float = 10.0, timeout_s: float = 2.0) -> None:
-        """Validate rig-file options before the instrument is opened."""
-        require_seconds("timeout_s", timeout_s)
-        check_compliance(compliance_voltage, 210)
-
-    def __init__(self, address, compliance_voltage: float = 10.0, timeout_s: float = 2.0) -> None:
-        """``address``: a VISA resource (``…@sim``: the shipped simulation) or a pymeasure adapter."""
-        self.check_options(compliance_voltage, timeout_s)
-        self.name = f"Keithley 2450 at {address}"
-        with self._opening(address, timeout_s) as adapter:
-            self.smu = Keithley2450(adapter, name=self.name)
-            # off first: a unit another program left on would source what it is set up with
-            self.set_output(False)
-            self.smu.source_mode = "current"
-            self._read_back(":SOUR:FUNC?", lambda: self.smu.source_mode, "current")
-            self.smu.compliance_voltage = compliance_voltage
-            self._read_back(":SOUR:CURR:VLIM?", lambda: self.smu.compliance_voltage,
-                            compliance_voltage)
-
-    def set_currents(self, currents: np.ndarray) -> None:
-        """Set the source current and read it back."""
-        target = float(np.asarray(currents, dtype=float).reshape(-1)[0])
-        self._exchange(f":SOUR:CURR:LEV {target:g}", lambda: setattr(self.smu, "source_current", target))
-        self._read_back(":SOUR:CURR?", lambda: self.smu.source_current, target)
-
-    def get_currents(self) -> np.ndarray:
-        """The source current setpoint (A)."""
-        return np.array([self._number(":SOUR:CURR?", lambda: self.smu.source_current)])
+    mode_query, compliance_query = ":SOUR:FUNC?", ":SOUR:CURR:VLIM?"
+    level_command, level_query = ":SOUR:CURR:LEV", ":SOUR:CURR?"
 
     def set_output(self, enabled: bool) -> None:
         """Switch the output on or off, and read the state back."""

@@ -10,14 +10,15 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
+import numpy as np
 from pymeasure.adapters import Adapter
 from pymeasure.instruments import Instrument
 from satlab.drivers.visa_session import discard_stale_replies, open_adapter
 
 from satlab.instruments import CurrentSource, InstrumentFault
-from satlab.validation import OptionError
+from satlab.validation import OptionError, require_seconds
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -106,3 +107,49 @@ class KeithleySource(CurrentSource):
             discard_stale_replies(self.smu.adapter)
             raise InstrumentFault(self.name, command,
                                   f"output did not switch {'on' if enabled else 'off'} (read {on!r})")
+
+
+class OneChannelKeithley(KeithleySource):
+    """A one-channel SourceMeter whose pymeasure class has ``source_mode``,
+    ``compliance_voltage`` and ``source_current``. Subclasses name the model and spell the
+    commands pymeasure sends for them (for fault messages), and switch the output."""
+
+    channels = 1
+    max_current = 1.05  # the 2400's and the 2450's current range
+    model: ClassVar[str]
+    instrument: ClassVar[type[Instrument]]
+    mode_query: ClassVar[str]
+    compliance_query: ClassVar[str]
+    level_command: ClassVar[str]
+    level_query: ClassVar[str]
+
+    @staticmethod
+    def check_options(compliance_voltage: float = 10.0, timeout_s: float = 2.0) -> None:
+        """Validate rig-file options before the instrument is opened."""
+        require_seconds("timeout_s", timeout_s)
+        check_compliance(compliance_voltage, 210)
+
+    def __init__(self, address, compliance_voltage: float = 10.0, timeout_s: float = 2.0) -> None:
+        """``address``: a VISA resource (``…@sim``: the shipped simulation) or a pymeasure adapter."""
+        self.check_options(compliance_voltage, timeout_s)
+        self.name = f"Keithley {self.model} at {address}"
+        with self._opening(address, timeout_s) as adapter:
+            self.smu = self.instrument(adapter, name=self.name)
+            # off first: a unit another program left on would source what it is set up with
+            self.set_output(False)
+            self.smu.source_mode = "current"
+            self._read_back(self.mode_query, lambda: self.smu.source_mode, "current")
+            self.smu.compliance_voltage = compliance_voltage
+            self._read_back(self.compliance_query, lambda: self.smu.compliance_voltage,
+                            compliance_voltage)
+
+    def set_currents(self, currents: np.ndarray) -> None:
+        """Set the source current and read it back."""
+        target = float(np.asarray(currents, dtype=float).reshape(-1)[0])
+        self._exchange(f"{self.level_command} {target:g}",
+                       lambda: setattr(self.smu, "source_current", target))
+        self._read_back(self.level_query, lambda: self.smu.source_current, target)
+
+    def get_currents(self) -> np.ndarray:
+        """The source current setpoint (A)."""
+        return np.array([self._number(self.level_query, lambda: self.smu.source_current)])
