@@ -12,7 +12,7 @@ import yaml
 
 from satlab import registry
 from satlab.rig import Rig, RigError
-from satlab.rigfile import RigSpec, load_rig_file
+from satlab.rigfile import RigSpec
 from satlab.validation import ConfigError
 
 RIG = registry.lookup("d2nn", registry.SYSTEMS)  # the system class, found as a rig file finds it
@@ -23,7 +23,9 @@ def opened():
     from importlib.resources import files
 
     path = files("satlab.configs") / "d2nn-sim.yaml"
-    spec = load_rig_file(path)
+    data = yaml.safe_load(path.read_text())
+    data["system"]["layer"]["macro_pixel"] = 4  # blocks, so the mapping to SLM pixels shows
+    spec = RigSpec.model_validate(data)
     with Rig(spec, path) as rig:
         (layer,) = RIG(spec, path).build_layers(rig)
         yield rig, layer

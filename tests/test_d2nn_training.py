@@ -39,7 +39,7 @@ def test_sat_trains_the_masks_on_the_bench_and_evaluates_under_rotation(tmp_path
     assert summary["test_images"] == 10
     state = checkpoint.load(run / "sat" / "checkpoint.pt")
     controls = state["model"]["physical.0.controls"]
-    assert controls.shape == (2 * 32 * 32,)
+    assert controls.shape == (2 * 128 * 128,)  # the shipped rig: one control per SLM pixel
     rig_file = files("satlab.configs") / "d2nn-sim.yaml"
     with Rig(load_rig_file(rig_file), rig_file) as rig:  # where seed 0 starts the phases
         (layer,) = system_for(rig.spec, rig_file).build_layers(rig)
