@@ -199,7 +199,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from satlab.training import build_trainee, drift_results
 
     data = _data(cfg, root / "config.yaml")
-    sweep = Sweep(axes, args.draws, args.bn, len(data.test_y), cfg.evaluation.batch_size)
+    sweep = Sweep(axes, args.draws, args.bn, len(data.test_y), cfg.evaluation.batch_size,
+                  cfg.model.has_batchnorm)
     if note := draws_note(sweep, imperfections):
         print(note, file=sys.stderr)
     results, written = [], []

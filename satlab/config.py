@@ -77,6 +77,11 @@ class ModelConfig(Strict):
             raise ValueError("the last physical layer must output 10 MNIST classes")
         return v
 
+    @property
+    def has_batchnorm(self) -> bool:
+        """The lenet front end and every step between physical layers normalise."""
+        return self.front == "lenet" or len(self.physical) > 2
+
     @model_validator(mode="after")
     def _image_front_is_square(self) -> ModelConfig:
         side = math.isqrt(self.physical[0])

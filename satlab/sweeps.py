@@ -53,6 +53,7 @@ class Sweep:
     bn: str
     test_images: int
     batch_size: int
+    batchnorm: bool = True  # whether the network has BatchNorm layers at all
 
     @property
     def grid(self) -> list[tuple[str, list[float]]]:
@@ -72,6 +73,8 @@ class Sweep:
     @property
     def bn_label(self) -> str:
         """How BatchNorm normalised; the batch mode says it is a comparison, not deployment."""
+        if not self.batchnorm:
+            return "no BatchNorm in this network"
         if self.bn == "batch":
             return f"{BN_LABELS['batch']} (test batches of {self.batch_size})"
         return BN_LABELS["eval"]
@@ -79,10 +82,10 @@ class Sweep:
     @property
     def bn_title(self) -> str:
         """``bn_label`` in two short lines, for plot titles."""
-        if self.bn == "batch":
+        if self.bn == "batch" and self.batchnorm:
             return (f"BatchNorm: batch statistics (test batches of {self.batch_size})\n"
                     "comparison with published protocols, not deployment")
-        return BN_LABELS["eval"]
+        return self.bn_label
 
     def describe(self) -> str:
         """One line: the grid, test images, draws and BN mode."""

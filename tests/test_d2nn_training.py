@@ -52,6 +52,7 @@ def test_sat_trains_the_masks_on_the_bench_and_evaluates_under_rotation(tmp_path
                            capture_output=True, text=True)
     assert swept.returncode == 0, swept.stderr
     assert "mask_rotation_deg" in swept.stdout
+    assert "no BatchNorm in this network" in swept.stdout  # not a BatchNorm mode it lacks
 
 
 def test_an_image_front_needs_a_square_input(tmp_path):

@@ -126,6 +126,7 @@ def test_sat_trains_the_displayed_weights_through_satlab_train(tmp_path):
                            capture_output=True, text=True)
     assert swept.returncode == 0, swept.stderr
     assert "shift_px" in swept.stdout
+    assert "BatchNorm running statistics" in swept.stdout  # BatchNorm between the layers
 
 
 def test_a_weight_beyond_one_is_refused_by_the_rig_not_clipped(opened):
