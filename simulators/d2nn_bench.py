@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from satlab.simulators import optics
 from satlab.simulators.d2nn import PRESETS, D2nnImperfections, D2nnModel
+from satlab.simulators.seeded_noise import SeededNoise
 
 from satlab.camera_readout import normalised_signals
 from satlab.instruments import Camera, InputModulator, PhaseModulator, Roi
 from satlab.phase_lut import PhaseLut
-from satlab.validation import OptionError, require_count
+from satlab.validation import OptionError, require_count, require_seconds
 
 
 class D2nnCameraModel:
@@ -56,7 +57,7 @@ def _check_common(preset: str, slm_bits: int, camera: dict) -> None:
         raise OptionError("camera", str(exc)) from None
 
 
-class D2nnBench:
+class D2nnBench(SeededNoise):
     """Shared state of one simulated D2NN bench: masks shown, digits loaded, imperfections."""
 
     @staticmethod
@@ -64,7 +65,7 @@ class D2nnBench:
                       noise_seed: int = 0) -> None:
         """Validate rig-file options without building a bench."""
         _check_common(preset, slm_bits, camera or {})
-        require_count("noise_seed", noise_seed, 0, highest=2**32 - 1)
+        SeededNoise.check_noise_seed(noise_seed)
 
     def __init__(self, preset: str = "sat_system3", slm_bits: int = 8, camera: dict | None = None,
                  noise_seed: int = 0) -> None:
@@ -76,7 +77,7 @@ class D2nnBench:
         self.masks = torch.zeros(self.params.masks, grid, grid, dtype=torch.float64)
         self.images = torch.zeros(1, self.params.image, self.params.image, dtype=torch.float64)
         self.imperfections = D2nnImperfections()
-        self.generator = torch.Generator().manual_seed(noise_seed)
+        self.seed_noise(noise_seed)
 
     def show(self, mask: int, phase: np.ndarray) -> None:
         """Mask ``mask`` now shows ``phase`` (rad, device resolution)."""
@@ -96,14 +97,6 @@ class D2nnBench:
     def reset_imperfections(self) -> None:
         """Back to the aligned bench of the rig file."""
         self.imperfections = D2nnImperfections()
-
-    def state_dict(self) -> dict:
-        """The noise generator's state, for an exact resume."""
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what state_dict returned."""
-        self.generator.set_state(state["generator"])
 
     def set_imperfection(self, name: str, value: float, draw: int = 0) -> None:
         """Misalign the bench (names: the D2NN system's imperfections); the twin stays aligned."""
@@ -196,8 +189,7 @@ class SimulatedCamera(Camera):
 
     def set_exposure(self, seconds: float) -> None:
         """Set the exposure time (s)."""
-        if not (isinstance(seconds, (int, float)) and 0 < seconds <= 10):
-            raise OptionError("exposure_s", f"expected seconds in (0, 10], got {seconds!r}")
+        require_seconds("exposure_s", seconds, longest=10.0)
         self.exposure_s = float(seconds)
 
     def grab(self, frames: int) -> np.ndarray:

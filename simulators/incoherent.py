@@ -19,6 +19,7 @@ import math
 import numpy as np
 import torch
 from satlab.simulators import optics
+from satlab.simulators.seeded_noise import SeededNoise
 
 from satlab.camera_readout import referenced_signals, shown_as_transmissions
 from satlab.instruments import Camera, InputModulator, Roi
@@ -66,7 +67,7 @@ def _check(side: int, outputs: int, camera: dict) -> None:
         raise OptionError("camera", str(exc)) from None
 
 
-class IncoherentBench:
+class IncoherentBench(SeededNoise):
     """One simulated incoherent layer: the input image, the weight display, the camera."""
 
     @staticmethod
@@ -74,7 +75,7 @@ class IncoherentBench:
                       noise_seed: int = 0, misaligns: bool = True) -> None:
         """Validate rig-file options without building a bench."""
         _check(side, outputs, camera or {})
-        require_count("noise_seed", noise_seed, 0, highest=2**32 - 1)
+        SeededNoise.check_noise_seed(noise_seed)
         if not isinstance(misaligns, bool):
             raise OptionError("misaligns", f"expected true or false, got {misaligns!r}")
 
@@ -87,7 +88,7 @@ class IncoherentBench:
         self.model, self.camera = IncoherentModel(side, outputs), IncoherentCameraModel(**(camera or {}))
         self.transmission = torch.full((outputs + 1, side * side), 0.5, dtype=torch.float64)
         self.inputs = torch.zeros(1, side * side, dtype=torch.float64)
-        self.generator = torch.Generator().manual_seed(noise_seed)
+        self.seed_noise(noise_seed)
         self.reset_imperfections()
 
     def reset_imperfections(self) -> None:
@@ -100,14 +101,6 @@ class IncoherentBench:
             raise KeyError(f"the incoherent bench has no imperfection {name!r}")
         if self.misaligns:
             setattr(self, name, float(value))
-
-    def state_dict(self) -> dict:
-        """The noise generator's state, for an exact resume."""
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what state_dict returned."""
-        self.generator.set_state(state["generator"])
 
     def frames(self) -> torch.Tensor:
         """Counts (B, 1, tiles) for the loaded inputs."""

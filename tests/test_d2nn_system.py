@@ -112,3 +112,15 @@ def test_rig_file_mistakes_name_their_field(tmp_path, change, field, message):
         with Rig(rig_spec, tmp_path / "rig.yaml"):
             pass
     assert err.value.field == field
+
+
+def test_a_restored_bench_draws_the_same_camera_noise():
+    from satlab.simulators.d2nn_bench import D2nnBench
+
+    bench = D2nnBench(camera={"shot_noise": True, "read_noise_e": 3.0}, noise_seed=7)
+    bench.load(digits_like(2, 8).numpy())
+    state = bench.state_dict()
+    first = bench.frames(1e-3)
+    assert not torch.equal(bench.frames(1e-3), first)  # noisy: a second frame differs
+    bench.load_state_dict(state)
+    assert torch.equal(bench.frames(1e-3), first)

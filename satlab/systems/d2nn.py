@@ -20,7 +20,7 @@ from satlab import registry
 from satlab.camera_readout import normalised_signals, square_regions
 from satlab.instruments import Roi
 from satlab.rig import Rig, RigError, RigLimitError
-from satlab.rigfile import PluginSpec, Strict, SystemSpec, check_plugin
+from satlab.rigfile import PluginSpec, Strict, SystemSpec
 from satlab.systems.protocol import ControlSpace, Imperfection, LayerBackend, MacroPixels, System
 from satlab.validation import ConfigError, FinitePositive
 
@@ -131,16 +131,12 @@ class D2nnSystem(System):
 
     def check(self) -> None:
         """Instruments exist with the right kinds; the twin is a torch module."""
-        layer, instruments = self.spec.layer, self.rig_spec.instruments
+        layer = self.spec.layer
         roles = [(f"slms.{i}", name, "phase_modulator") for i, name in enumerate(layer.slms)]
         roles += [("inputs", layer.inputs, "input_modulator"), ("camera", layer.camera, "camera")]
         for field, name, kind in roles:
-            if name not in instruments:
-                raise ConfigError(self.path, f"system.layer.{field}", f"no instrument named {name!r}")
-            if instruments[name].kind != kind:
-                raise ConfigError(self.path, f"system.layer.{field}", f"{name!r} must be a {kind}")
-        check_plugin(self.path, "system.layer.twin", layer.twin.driver, {}, layer.twin.options,
-                     (torch.nn.Module, "digital twin (torch module)"))
+            self.require_instrument(f"system.layer.{field}", name, kind)
+        self.require_twin("system.layer.twin", layer.twin)
 
     def check_open(self, rig: Rig) -> None:
         """SLMs of one shape that tiles into macro-pixels; input size; detectors on the sensor."""

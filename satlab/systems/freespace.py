@@ -20,7 +20,7 @@ from pydantic import Field, PositiveInt, field_validator
 from satlab import registry
 from satlab.camera_readout import referenced_signals, shown_as_transmissions
 from satlab.rig import Rig, RigError, RigLimitError
-from satlab.rigfile import PluginSpec, Strict, SystemSpec, check_plugin
+from satlab.rigfile import PluginSpec, Strict, SystemSpec
 from satlab.systems.protocol import ControlSpace, Imperfection, LayerBackend, System
 from satlab.validation import ConfigError
 
@@ -95,22 +95,18 @@ class IncoherentFreeSpace(System):
 
     def check(self) -> None:
         """Instruments exist with the right kinds; each layer has its own; twins are modules."""
-        instruments, used = self.rig_spec.instruments, {}
+        used: dict[str, str] = {}
         for i, layer in enumerate(self.spec.layers):
             where = f"system.layers.{i}"
             for role, kind in (("weights", "input_modulator"), ("inputs", "input_modulator"),
                                ("camera", "camera")):
                 name = getattr(layer, role)
-                if name not in instruments:
-                    raise ConfigError(self.path, f"{where}.{role}", f"no instrument named {name!r}")
-                if instruments[name].kind != kind:
-                    raise ConfigError(self.path, f"{where}.{role}", f"{name!r} must be a {kind}")
+                self.require_instrument(f"{where}.{role}", name, kind)
                 if name in used:
                     raise ConfigError(self.path, f"{where}.{role}", f"{name!r} is already used by "
                                                                     f"{used[name]}; each layer needs its own")
                 used[name] = f"{where}.{role}"
-            check_plugin(self.path, f"{where}.twin", layer.twin.driver, {}, layer.twin.options,
-                         (torch.nn.Module, "digital twin (torch module)"))
+            self.require_twin(f"{where}.twin", layer.twin)
 
     def check_open(self, rig: Rig) -> None:
         """Display and camera sizes match each layer."""

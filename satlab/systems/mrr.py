@@ -14,7 +14,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from satlab import registry
 from satlab.rig import Rig, RigError
-from satlab.rigfile import PluginSpec, Strict, SystemSpec, check_plugin
+from satlab.rigfile import PluginSpec, Strict, SystemSpec
 from satlab.systems.protocol import ControlSpace, Imperfection, LayerBackend, System
 from satlab.validation import ConfigError
 
@@ -166,7 +166,7 @@ class MrrWeightBank(System):
 
     def check(self) -> None:
         """Instruments exist with the right kinds, optics unshared, heater channels disjoint."""
-        instruments, path = self.rig_spec.instruments, self.path
+        path = self.path
         used: dict[str, set[int]] = {}
         optics: dict[str, str] = {}
         for i, layer in enumerate(self.spec.layers):
@@ -174,10 +174,7 @@ class MrrWeightBank(System):
             for role, kind in (("heaters", "current_source"), ("inputs", "input_modulator"),
                                ("detector", "photodetector")):
                 target = getattr(layer, role)
-                if target not in instruments:
-                    raise ConfigError(path, f"{where}.{role}", f"no instrument named {target!r}")
-                if instruments[target].kind != kind:
-                    raise ConfigError(path, f"{where}.{role}", f"{target!r} must be a {kind}")
+                self.require_instrument(f"{where}.{role}", target, kind)
                 if role != "heaters":
                     if target in optics:  # each layer loads and reads its own optics
                         raise ConfigError(path, f"{where}.{role}", f"{target!r} is already used by "
@@ -188,8 +185,7 @@ class MrrWeightBank(System):
                 raise ConfigError(path, f"{where}.heater_channels", f"channels overlap another "
                                   f"layer's on {layer.heaters!r}; give each layer its own heater_channels")
             used[layer.heaters] |= channels
-            check_plugin(path, f"{where}.twin", layer.twin.driver, {}, layer.twin.options,
-                         (torch.nn.Module, "digital twin (torch module)"))
+            self.require_twin(f"{where}.twin", layer.twin)
 
     def check_open(self, rig: Rig) -> None:
         """Every layer's sizes match its modulator and detector, its heater channels exist."""

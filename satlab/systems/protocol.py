@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from satlab.rigfile import RigSpec, SystemSpec
+from satlab.rigfile import PluginSpec, RigSpec, SystemSpec, check_plugin
+from satlab.validation import ConfigError
 
 if TYPE_CHECKING:
     from satlab.rig import Rig
@@ -156,6 +157,19 @@ class System(ABC):
 
     def check(self) -> None:
         """Cross-references in the rig file, before anything opens; raise ConfigError."""
+
+    def require_instrument(self, field: str, name: str, kind: str) -> None:
+        """ConfigError at ``field`` unless the rig file has an instrument ``name`` of ``kind``."""
+        instruments = self.rig_spec.instruments
+        if name not in instruments:
+            raise ConfigError(self.path, field, f"no instrument named {name!r}")
+        if instruments[name].kind != kind:
+            raise ConfigError(self.path, field, f"{name!r} must be a {kind}")
+
+    def require_twin(self, field: str, twin: PluginSpec) -> None:
+        """ConfigError at ``field`` unless ``twin`` names a registered torch module."""
+        check_plugin(self.path, field, twin.driver, {}, twin.options,
+                     (nn.Module, "digital twin (torch module)"))
 
     def check_open(self, rig: Rig) -> None:
         """What is known only once the instruments are open (e.g. channel counts)."""
