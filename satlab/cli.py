@@ -25,6 +25,8 @@ from satlab.validation import CheckpointError, ConfigError, DataError
 EPILOG = """examples:
   satlab train                          SAT vs plain training on the shipped simulated MRR rig
   satlab train my.yaml --epochs 2       your config, shorter
+  satlab train satlab/configs/d2nn-sat.yaml       a diffractive network (SLM masks, camera)
+  satlab train satlab/configs/freespace-sat.yaml  an incoherent free-space network
   satlab train --resume runs/mrr-sat-demo-20261122-101500
   satlab evaluate runs/RUN --drift 0:2:21
   satlab evaluate runs/RUN --sweep drift_K=0:1:5 --sweep fabrication_std_nm=0,0.05 --draws 5
@@ -353,10 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on an error, print the Python traceback after the one-line message")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train SAT and/or plain on a rig, then evaluate under drift",
+    t = sub.add_parser("train", help="train SAT and/or plain on a rig, then evaluate (under drift, "
+                                     "where the system drifts)",
                        description="Train the hybrid network of CONFIG (default: the shipped "
                                    "simulated MRR demo) with every method it lists, evaluate on the "
-                                   "full test set under drift and write a report.")
+                                   "full test set (under drift, where the system drifts) and write "
+                                   "a report.")
     t.add_argument("config", nargs="?", help=f"training config YAML (default: {DEFAULT_CONFIG.name})")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its checkpoints")
     t.add_argument("--run-dir", help="where to write the run (default: runs_dir/NAME-TIMESTAMP)")
