@@ -139,6 +139,11 @@ class TrainingConfig(Strict):
     rho: FiniteNonNegative = 1.0
     adaptive: bool = True
     rho_digital: FiniteNonNegative = 0.0
+    rho_alignment: dict[str, FiniteNonNegative] = Field(
+        {}, description="SAT's ascent radius per alignment positioner, in its unit")
+    gamma: float = Field(0.5, ge=0, lt=1, description=(
+        "weight of the perturbed gradient (WSAM, coupled): 0.5 is SAM; lower values mix in "
+        "the unperturbed gradient"))
     seed: int = Field(0, ge=0, lt=2**32)
     checkpoint_every: PositiveInt = 20
     log_every: PositiveInt = 5

@@ -36,10 +36,34 @@ def twin_vjp(backend: LayerBackend, x: torch.Tensor, controls: torch.Tensor,
     with torch.enable_grad():
         xd = x.detach().requires_grad_(True)
         cd = controls.detach().requires_grad_(need_controls)
-        out = backend.twin(xd, cd)
+        out = backend.twin_output(xd, cd)
         wrt = (xd, cd) if need_controls else (xd,)
         grads = torch.autograd.grad(out, wrt, grad_out.to(out.dtype))
     return grads[0].to(x.dtype), grads[1] if need_controls else None
+
+
+def alignment_slopes(backend: LayerBackend, x: torch.Tensor, controls: torch.Tensor,
+                     grad_out: torch.Tensor, probed: np.ndarray) -> np.ndarray:
+    """dL/d(knob) of the ``probed`` alignment knobs by central differences on the rig: each
+    knob moved by ± its step, the layer queried at the same inputs and controls; the
+    knobs end where they started."""
+    g = grad_out.detach().double().numpy()
+    c = controls.detach().numpy()
+    start = backend.alignment.copy()
+    slopes = np.zeros(len(start))
+    try:
+        for i in np.flatnonzero(probed):
+            step = backend.knobs[i].step
+            readings = []
+            for sign in (1.0, -1.0):
+                at = start.copy()
+                at[i] += sign * step
+                backend.align(at)
+                readings.append(backend.query(x, c))
+            slopes[i] = float(np.sum((readings[0] - readings[1]) * g)) / (2 * step)
+    finally:
+        backend.align(start)
+    return slopes
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -6,6 +6,7 @@ Concrete drivers (``satlab.drivers``) and simulated instruments
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -246,6 +247,36 @@ class Camera(Instrument):
         """Cameras have nothing to switch off."""
 
 
+class Positioner(Instrument):
+    """One alignment axis of a bench (a translation stage, a rotation mount): positions in
+    ``unit`` from the aligned position, within ``travel``. Its response time is the rig
+    file's ``settle_time``."""
+
+    kind = "positioner"
+    unit: str  # e.g. "deg", "px", "m"
+    travel: tuple[float, float]  # (lowest, highest) position
+
+    def move_to(self, position: float) -> None:
+        """Move to ``position``; a position outside the travel is refused, nothing moves."""
+        low, high = self.travel
+        if not (math.isfinite(position) and low <= position <= high):
+            raise ValueError(f"a position must be within the travel [{low:g}, {high:g}] {self.unit}, "
+                             f"got {position!r}")
+        self._move(float(position))
+
+    @abstractmethod
+    def _move(self, position: float) -> None:
+        """Move to a checked position."""
+
+    @abstractmethod
+    def position(self) -> float:
+        """Where the axis is now."""
+
+    def safe_state(self) -> None:
+        """An axis holds where it is: moving unattended optics is what would be unsafe."""
+
+
 INTERFACES: dict[str, type[Instrument]] = {
-    cls.kind: cls for cls in (CurrentSource, InputModulator, Photodetector, PhaseModulator, Camera)
+    cls.kind: cls for cls in (CurrentSource, InputModulator, Photodetector, PhaseModulator, Camera,
+                              Positioner)
 }

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from satlab.estimators import GradientEstimator
+from satlab.estimators import GradientEstimator, alignment_slopes
 from satlab.systems.protocol import LayerBackend
 
 
@@ -24,6 +25,9 @@ class _RigFunction(torch.autograd.Function):
         x, controls, y = ctx.saved_tensors
         layer = ctx.layer
         grad_x, grad_c = layer.estimator.backward(layer.backend, x, controls, y, grad_out)
+        if layer.probe_alignment:
+            layer.alignment_grad = alignment_slopes(layer.backend, x, controls, grad_out,
+                                                    layer.alignment_radius > 0)
         return grad_x, grad_c, None
 
 
@@ -36,12 +40,26 @@ class PhysicalLayer(nn.Module):
         self.backend, self.estimator = backend, estimator
         self.controls = nn.Parameter(controls.to(torch.float64).clone())
         self.project()  # start applicable, whatever the initial values
+        # SAT's ascent radius per alignment knob (0: the knob stays put), the knobs' slopes
+        # from the last pass that probed them
+        self.alignment_radius = np.zeros(len(backend.knobs))
+        self.alignment_grad = np.zeros(len(backend.knobs))
+        self.probe_alignment = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training uses the estimator's forward; evaluation always runs on the rig."""
         if self.training and not self.estimator.forward_on_rig:
-            return self.backend.twin(x, self.controls).to(x.dtype)
+            return self.backend.twin_output(x, self.controls).to(x.dtype)
         return _RigFunction.apply(x, self.controls, self)
+
+    def alignment_ascent(self) -> np.ndarray:
+        """SAT's worst-case knob offsets to first order within the ellipsoid of the knobs'
+        radii r: eps = r² g / ||r g||, each knob's radius in its own unit; kept in the travel."""
+        r, g = self.alignment_radius, self.alignment_grad
+        norm = float(np.linalg.norm(r * g))
+        eps = r**2 * g / norm if norm > 0 and np.isfinite(norm) else np.zeros_like(r)
+        low, high = np.array([k.travel for k in self.backend.knobs]).reshape(-1, 2).T
+        return np.clip(eps, low, high)
 
     def project(self, margin: float | None = None) -> None:
         """Keep the controls applicable (and, by default, the estimator's margin inside)."""

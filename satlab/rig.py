@@ -22,6 +22,7 @@ from satlab.instruments import (
     Instrument,
     PhaseModulator,
     Photodetector,
+    Positioner,
 )
 from satlab.rigfile import InstrumentSpec, Limits, RigSpec, load_rig_file
 from satlab.systems import system_for
@@ -361,6 +362,17 @@ class Rig:
         self._log(name, "show_phase", gray)
         self._settled_after(name)
         return gray
+
+    def move(self, name: str, position: float) -> None:
+        """Move an alignment axis; readings wait its settle_time. Outside its travel: RigLimitError."""
+        dev = self._typed(name, Positioner)
+        wait_until(self._quiet_until)
+        try:
+            dev.move_to(position)
+        except ValueError as exc:
+            raise RigLimitError(f"{name}: {exc}") from None
+        self._log(name, "move_to", position)
+        self._settled_after(name)
 
     def acquire(self, name: str, frames: int) -> Acquisition:
         """Frames of a camera once earlier writes have settled; its settle_time, counted

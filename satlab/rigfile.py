@@ -66,7 +66,8 @@ class PluginSpec(Strict):
 class InstrumentSpec(Strict):
     """One instrument: its interface kind, registry driver and connection."""
 
-    kind: Literal["current_source", "photodetector", "input_modulator", "phase_modulator", "camera"]
+    kind: Literal["current_source", "photodetector", "input_modulator", "phase_modulator", "camera",
+                  "positioner"]
     driver: str
     address: str | None = None
     resource: str | None = None

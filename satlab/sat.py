@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,7 +18,9 @@ class SatController:
 
     g at theta; eps = rho*g/||g|| (adaptive: scaled per control); theta+eps
     projected into the safe range; g' at theta+eps; base optimizer steps with
-    g'; theta projected into limits. ``method="plain"`` is one pass with the
+    g'; theta projected into limits. Layers with alignment knobs and ascent radii
+    also move the knobs to their worst side (``PhysicalLayer.alignment_ascent``,
+    slopes by central differences on the rig) for g', and back. ``method="plain"`` is one pass with the
     same estimator and base optimizer: the baseline.
     """
 
@@ -40,13 +43,26 @@ class SatController:
         """One update on a batch; returns the loss and logits at the unperturbed point."""
         self.model.train()
         self.optimizer.zero_grad()
-        loss, logits = self._pass(x, y)
+        knobbed = [layer for layer in self.physical if self.method == "sat" and layer.alignment_radius.any()]
+        for layer in knobbed:
+            layer.probe_alignment = True
+        try:
+            loss, logits = self._pass(x, y)
+        finally:
+            for layer in knobbed:
+                layer.probe_alignment = False
         if self.method == "sat":
             self.optimizer.first_step(zero_grad=True)
             for layer in self.physical:
                 layer.project()  # theta+eps stays applicable, perturbation margin included
-            with frozen_bn_stats(self.model):  # BN statistics count each batch once
-                self._pass(x, y)
+            try:
+                for layer in knobbed:  # the bench's own misalignment, to the worst side
+                    layer.backend.align(layer.alignment_ascent())
+                with frozen_bn_stats(self.model):  # BN statistics count each batch once
+                    self._pass(x, y)
+            finally:
+                for layer in knobbed:
+                    layer.backend.align(np.zeros(len(layer.backend.knobs)))
             self.optimizer.second_step(zero_grad=True)
         else:
             self.optimizer.step()

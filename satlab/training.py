@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -21,7 +22,7 @@ from satlab.data import Dataset, epoch_order
 from satlab.estimators import ESTIMATORS, GradientEstimator
 from satlab.evaluation import imperfection_sweep
 from satlab.network import HybridNet
-from satlab.optim import SAM
+from satlab.optim import SAM, WSAM
 from satlab.rig import Rig
 from satlab.rigfile import RigSpec
 from satlab.sat import SatController
@@ -54,6 +55,15 @@ def check_model_matches_rig(cfg: RunConfig, spec: RigSpec, config_path: Path | s
         raise ConfigError(config_path, "estimator.step",
                           f"{cfg.estimator.step:g} {span[1]} leaves no room for probes: the rig's "
                           f"controls span {span[0]:g} {span[1]}; expected at most a quarter of that")
+    knobs = system.knob_names()
+    for name in cfg.training.rho_alignment:
+        if name not in knobs:
+            raise ConfigError(config_path, "training.rho_alignment",
+                              f"{name!r} is not an alignment positioner of rig {cfg.rig} "
+                              f"(it has {', '.join(knobs) or 'none'})")
+    if cfg.training.rho_alignment and not ESTIMATORS[cfg.estimator.name].forward_on_rig:
+        raise ConfigError(config_path, "training.rho_alignment",
+                          f"the knobs' slopes are measured on the rig; {cfg.estimator.name} never queries it")
     layers, sizes = system.layer_shapes(), cfg.model.physical
     if len(layers) != len(sizes) - 1:
         raise ConfigError(config_path, "model.physical",
@@ -90,6 +100,8 @@ def build_trainee(cfg: RunConfig, rig: Rig, method: str) -> Trainee:
     estimator = make_estimator(cfg)
     backends = system_for(rig.spec, rig.path).build_layers(rig)
     model = HybridNet(cfg.model, backends, estimator, torch.Generator().manual_seed(t.seed))
+    for layer in model.physical:
+        layer.alignment_radius = np.array([t.rho_alignment.get(k.positioner, 0.0) for k in layer.backend.knobs])
     groups = [
         {"params": model.control_parameters(), "lr": t.lr_controls, "rho": t.rho,
          "adaptive": t.adaptive, "name": "controls"},
@@ -98,7 +110,8 @@ def build_trainee(cfg: RunConfig, rig: Rig, method: str) -> Trainee:
     ]
     base = torch.optim.Adam if t.optimizer == "adam" else torch.optim.SGD
     if method == "sat":
-        optimizer = SAM(groups, base, rho=t.rho, adaptive=t.adaptive)
+        optimizer = (SAM(groups, base, rho=t.rho, adaptive=t.adaptive) if t.gamma == 0.5 else
+                     WSAM(groups, base, rho=t.rho, adaptive=t.adaptive, gamma=t.gamma, decoupled=False))
     else:
         optimizer = base([{k: v for k, v in g.items() if k not in ("rho", "adaptive")} for g in groups])
     controller = SatController(model, nn.functional.cross_entropy, optimizer, method)

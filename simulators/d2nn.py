@@ -16,6 +16,7 @@ simulated bench (whatever the bench is set to).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,16 @@ class D2nnImperfections:
     mask_rotation_rad: float = 0.0
     mask_shift_px: tuple[float, float] = (0.0, 0.0)  # (rows, cols)
     axial_error: float = 0.0  # m, added to every distance between masks
+
+    @classmethod
+    def named(cls, values: dict[str, float]) -> D2nnImperfections:
+        """From the D2NN system's named imperfections (``NAMED``), in their units."""
+        return cls(math.radians(values.get("mask_rotation_deg", 0.0)),
+                   (0.0, values.get("mask_shift_px", 0.0)), values.get("axial_error_um", 0.0) * 1e-6)
+
+
+# The named imperfections (also the bench's alignment axes) and their units
+NAMED = {"mask_rotation_deg": "deg", "mask_shift_px": "px", "axial_error_um": "um"}
 
 
 class D2nnModel(torch.nn.Module):

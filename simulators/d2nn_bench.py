@@ -8,12 +8,11 @@ through the same camera model, so without noise the two agree bit for bit.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from satlab.simulators import optics
-from satlab.simulators.d2nn import PRESETS, D2nnImperfections, D2nnModel
+from satlab.simulators.alignment import AlignmentAxes
+from satlab.simulators.d2nn import NAMED, PRESETS, D2nnImperfections, D2nnModel
 from satlab.simulators.seeded_noise import SeededNoise
 
 from satlab.camera_readout import normalised_signals
@@ -57,8 +56,11 @@ def _check_common(preset: str, slm_bits: int, camera: dict) -> None:
         raise OptionError("camera", str(exc)) from None
 
 
-class D2nnBench(SeededNoise):
-    """Shared state of one simulated D2NN bench: masks shown, digits loaded, imperfections."""
+class D2nnBench(SeededNoise, AlignmentAxes):
+    """Shared state of one simulated D2NN bench: masks shown, digits loaded, imperfections,
+    alignment stages."""
+
+    axes = NAMED
 
     @staticmethod
     def check_options(preset: str = "sat_system3", slm_bits: int = 8, camera: dict | None = None,
@@ -76,7 +78,8 @@ class D2nnBench(SeededNoise):
         grid = self.params.grid
         self.masks = torch.zeros(self.params.masks, grid, grid, dtype=torch.float64)
         self.images = torch.zeros(1, self.params.image, self.params.image, dtype=torch.float64)
-        self.imperfections = D2nnImperfections()
+        self.reset_imperfections()
+        self.home_axes()
         self.seed_noise(noise_seed)
 
     def show(self, mask: int, phase: np.ndarray) -> None:
@@ -91,24 +94,19 @@ class D2nnBench(SeededNoise):
     def frames(self, exposure_s: float) -> torch.Tensor:
         """One camera frame per loaded digit, counts (B, grid, grid)."""
         with torch.no_grad():
-            intensity = self.model.intensity(self.images, self.masks, self.imperfections)
+            misaligned = {k: v + self.positions[k] for k, v in self.imperfections.items()}
+            intensity = self.model.intensity(self.images, self.masks, D2nnImperfections.named(misaligned))
             return self.camera.counts(intensity, exposure_s, self.generator)
 
     def reset_imperfections(self) -> None:
         """Back to the aligned bench of the rig file."""
-        self.imperfections = D2nnImperfections()
+        self.imperfections = dict.fromkeys(NAMED, 0.0)
 
     def set_imperfection(self, name: str, value: float, draw: int = 0) -> None:
         """Misalign the bench (names: the D2NN system's imperfections); the twin stays aligned."""
-        now = self.imperfections
-        if name == "mask_rotation_deg":
-            self.imperfections = D2nnImperfections(math.radians(value), now.mask_shift_px, now.axial_error)
-        elif name == "mask_shift_px":
-            self.imperfections = D2nnImperfections(now.mask_rotation_rad, (0.0, value), now.axial_error)
-        elif name == "axial_error_um":
-            self.imperfections = D2nnImperfections(now.mask_rotation_rad, now.mask_shift_px, value * 1e-6)
-        else:
+        if name not in self.imperfections:
             raise KeyError(f"the D2NN bench has no imperfection {name!r}")
+        self.imperfections[name] = float(value)
 
 
 class D2nnTwin(torch.nn.Module):
@@ -128,11 +126,14 @@ class D2nnTwin(torch.nn.Module):
     check_options = staticmethod(D2nnBench.check_options)
 
     def forward(self, x: torch.Tensor, phases: torch.Tensor, exposure_s: float,
-                regions: torch.Tensor) -> torch.Tensor:
-        """Normalised signals (B, regions) of the detector ``regions`` (regions, grid, grid)."""
+                regions: torch.Tensor, alignment: dict[str, float] | None = None) -> torch.Tensor:
+        """Normalised signals (B, regions) of the detector ``regions`` (regions, grid, grid),
+        with the bench's stages at ``alignment`` (axis: position; none: all at 0)."""
         p = self.model.params
         masks = optics.quantise_phase(phases.reshape(p.masks, p.grid, p.grid), self.lut)
-        counts = self.camera.counts(self.model.intensity(x.reshape(-1, p.image, p.image), masks), exposure_s)
+        bench = D2nnImperfections.named(alignment or {})
+        counts = self.camera.counts(self.model.intensity(x.reshape(-1, p.image, p.image), masks, bench),
+                                    exposure_s)
         return normalised_signals(counts, regions)
 
 

@@ -19,6 +19,7 @@ import math
 import numpy as np
 import torch
 from satlab.simulators import optics
+from satlab.simulators.alignment import AlignmentAxes
 from satlab.simulators.seeded_noise import SeededNoise
 
 from satlab.camera_readout import referenced_signals, shown_as_transmissions
@@ -67,8 +68,23 @@ def _check(side: int, outputs: int, camera: dict) -> None:
         raise OptionError("camera", str(exc)) from None
 
 
-class IncoherentBench(SeededNoise):
-    """One simulated incoherent layer: the input image, the weight display, the camera."""
+# The free-space system's named imperfections (also the bench's alignment axes), their units
+NAMED = {"rotation_deg": "deg", "shift_px": "px", "scale": "x"}
+
+
+def misaligned_tile_sums(model: IncoherentModel, x: torch.Tensor, transmission: torch.Tensor,
+                         misalignment: dict[str, float]) -> torch.Tensor:
+    """``model.tile_sums`` with the display misaligned by named amounts (``NAMED``; scale
+    as a change from 1)."""
+    return model.tile_sums(x, transmission, math.radians(misalignment.get("rotation_deg", 0.0)),
+                           misalignment.get("shift_px", 0.0), 1.0 + misalignment.get("scale", 0.0))
+
+
+class IncoherentBench(SeededNoise, AlignmentAxes):
+    """One simulated incoherent layer: the input image, the weight display, the camera, the
+    display's alignment stages."""
+
+    axes = NAMED
 
     @staticmethod
     def check_options(side: int = 28, outputs: int = 144, camera: dict | None = None,
@@ -90,22 +106,23 @@ class IncoherentBench(SeededNoise):
         self.inputs = torch.zeros(1, side * side, dtype=torch.float64)
         self.seed_noise(noise_seed)
         self.reset_imperfections()
+        self.home_axes()
 
     def reset_imperfections(self) -> None:
         """Aligned, as in the rig file."""
-        self.rotation_deg, self.shift_px, self.scale = 0.0, 0.0, 1.0
+        self.imperfections = dict.fromkeys(NAMED, 0.0)
 
     def set_imperfection(self, name: str, value: float, draw: int = 0) -> None:
         """Misalign the weight display (names: the free-space system's imperfections)."""
-        if name not in ("rotation_deg", "shift_px", "scale"):
+        if name not in NAMED:
             raise KeyError(f"the incoherent bench has no imperfection {name!r}")
         if self.misaligns:
-            setattr(self, name, float(value))
+            self.imperfections[name] = float(value) - (name == "scale")  # scale: as a change from 1
 
     def frames(self) -> torch.Tensor:
         """Counts (B, 1, tiles) for the loaded inputs."""
-        sums = self.model.tile_sums(self.inputs, self.transmission, math.radians(self.rotation_deg),
-                                    self.shift_px, self.scale)
+        misalignment = {k: v + self.positions[k] for k, v in self.imperfections.items()}
+        sums = misaligned_tile_sums(self.model, self.inputs, self.transmission, misalignment)
         return self.camera.counts(sums, self.generator)
 
 
@@ -120,10 +137,12 @@ class IncoherentTwin(torch.nn.Module):
         _check(side, outputs, camera or {})
         self.model, self.camera = IncoherentModel(side, outputs), IncoherentCameraModel(**(camera or {}))
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """The layer's outputs (B, outputs), as the bench's camera reads them."""
+    def forward(self, x: torch.Tensor, weights: torch.Tensor,
+                alignment: dict[str, float] | None = None) -> torch.Tensor:
+        """The layer's outputs (B, outputs), as the bench's camera reads them, with the
+        display's stages at ``alignment`` (axis: position; none: all at 0)."""
         shown = shown_as_transmissions(weights.reshape(self.model.outputs, -1))
-        counts = self.camera.counts(self.model.tile_sums(x.double(), shown))
+        counts = self.camera.counts(misaligned_tile_sums(self.model, x.double(), shown, alignment or {}))
         return referenced_signals(counts[:, 0])
 
 

@@ -21,7 +21,14 @@ from satlab.camera_readout import normalised_signals, square_regions
 from satlab.instruments import Roi
 from satlab.rig import Rig, RigError, RigLimitError
 from satlab.rigfile import PluginSpec, Strict, SystemSpec
-from satlab.systems.protocol import ControlSpace, Imperfection, LayerBackend, MacroPixels, System
+from satlab.systems.protocol import (
+    AlignmentKnobSpec,
+    ControlSpace,
+    Imperfection,
+    LayerBackend,
+    MacroPixels,
+    System,
+)
 from satlab.validation import ConfigError, FinitePositive
 
 
@@ -44,6 +51,7 @@ class D2nnLayerSpec(Strict):
     macro_pixel: PositiveInt = Field(4, description="SLM pixels per control along each axis")
     detectors: DetectorSpec = DetectorSpec()
     exposure_s: FinitePositive = 1e-3
+    alignment: list[AlignmentKnobSpec] = Field([], description="stages and mounts SAT may move")
     twin: PluginSpec
 
 
@@ -65,11 +73,13 @@ class D2nnLayerTwin(torch.nn.Module):
         self.twin, self.pixels, self.exposure_s = twin, pixels, exposure_s
         self.register_buffer("regions", regions, persistent=False)
 
-    def forward(self, x: torch.Tensor, controls: torch.Tensor) -> torch.Tensor:
-        """Normalised detector signals (B, regions) for inputs (B, image²)."""
+    def forward(self, x: torch.Tensor, controls: torch.Tensor,
+                alignment: dict[str, float] | None = None) -> torch.Tensor:
+        """Normalised detector signals (B, regions) for inputs (B, image²), the bench's
+        stages at ``alignment``."""
         masks = controls.shape[-1] // self.pixels.size
         phases = self.pixels(controls.reshape(masks, self.pixels.size))
-        return self.twin(x.double(), phases.flatten(), self.exposure_s, self.regions)
+        return self.twin(x.double(), phases.flatten(), self.exposure_s, self.regions, alignment)
 
 
 class D2nnLayerBackend(LayerBackend):
@@ -94,6 +104,7 @@ class D2nnLayerBackend(LayerBackend):
         camera.set_exposure(spec.exposure_s)
         self._detector_pixels = self.regions.any(0).numpy()
         self._full_scale = 2**camera.bit_depth - 1
+        self.attach_knobs(rig, spec.alignment)
 
     def measure(self, x: torch.Tensor, settings: np.ndarray) -> np.ndarray:
         """Each row of controls shown on the SLMs, then one camera frame per digit."""
@@ -136,11 +147,13 @@ class D2nnSystem(System):
         roles += [("inputs", layer.inputs, "input_modulator"), ("camera", layer.camera, "camera")]
         for field, name, kind in roles:
             self.require_instrument(f"system.layer.{field}", name, kind)
+        self.require_knobs("system.layer.alignment", layer.alignment)
         self.require_twin("system.layer.twin", layer.twin)
 
     def check_open(self, rig: Rig) -> None:
         """SLMs of one shape that tiles into macro-pixels; input size; detectors on the sensor."""
         layer = self.spec.layer
+        self.check_knobs_open(rig, "system.layer.alignment", layer.alignment)
         shapes = {tuple(rig.instruments[name].shape) for name in layer.slms}
         if len(shapes) != 1:
             raise ConfigError(self.path, "system.layer.slms", f"the SLMs differ in shape: {sorted(shapes)}")
@@ -173,6 +186,10 @@ class D2nnSystem(System):
         """(name, image², detectors)."""
         layer = self.spec.layer
         return [(layer.name, layer.image**2, sum(layer.detectors.layout))]
+
+    def knob_names(self) -> list[str]:
+        """The layer's alignment positioners."""
+        return [k.positioner for k in self.spec.layer.alignment]
 
     def control_span(self) -> tuple[float, str]:
         """Phases span a full turn."""

@@ -21,7 +21,13 @@ from satlab import registry
 from satlab.camera_readout import referenced_signals, shown_as_transmissions
 from satlab.rig import Rig, RigError, RigLimitError
 from satlab.rigfile import PluginSpec, Strict, SystemSpec
-from satlab.systems.protocol import ControlSpace, Imperfection, LayerBackend, System
+from satlab.systems.protocol import (
+    AlignmentKnobSpec,
+    ControlSpace,
+    Imperfection,
+    LayerBackend,
+    System,
+)
 from satlab.validation import ConfigError
 
 
@@ -34,6 +40,7 @@ class FreeSpaceLayerSpec(Strict):
     weights: str
     inputs: str
     camera: str
+    alignment: list[AlignmentKnobSpec] = Field([], description="stages and mounts SAT may move")
     twin: PluginSpec
 
     @field_validator("in_features")
@@ -65,6 +72,7 @@ class FreeSpaceLayerBackend(LayerBackend):
         self.control_outputs = np.repeat(np.arange(spec.out_features), spec.in_features)
         self.twin = registry.lookup(spec.twin.driver)(**spec.twin.options)
         self._full_scale = 2**rig.instruments[spec.camera].bit_depth - 1
+        self.attach_knobs(rig, spec.alignment)
 
     def measure(self, x: torch.Tensor, settings: np.ndarray) -> np.ndarray:
         """Each row of weights shown, then one camera frame per input image."""
@@ -106,11 +114,16 @@ class IncoherentFreeSpace(System):
                     raise ConfigError(self.path, f"{where}.{role}", f"{name!r} is already used by "
                                                                     f"{used[name]}; each layer needs its own")
                 used[name] = f"{where}.{role}"
+            self.require_knobs(f"{where}.alignment", layer.alignment)
             self.require_twin(f"{where}.twin", layer.twin)
+        knobs = self.knob_names()
+        if len(set(knobs)) != len(knobs):
+            raise ConfigError(self.path, "system.layers", "a positioner moves one layer's display, not two")
 
     def check_open(self, rig: Rig) -> None:
         """Display and camera sizes match each layer."""
         for i, layer in enumerate(self.spec.layers):
+            self.check_knobs_open(rig, f"system.layers.{i}.alignment", layer.alignment)
             dev = rig.instruments
             needs = [("in_features", layer.inputs, dev[layer.inputs].channels, layer.in_features, "channels"),
                      ("out_features", layer.weights, dev[layer.weights].channels,
@@ -124,6 +137,10 @@ class IncoherentFreeSpace(System):
     def layer_shapes(self) -> list[tuple[str, int, int]]:
         """(name, in, out) of every layer."""
         return [(layer.name, layer.in_features, layer.out_features) for layer in self.spec.layers]
+
+    def knob_names(self) -> list[str]:
+        """Every layer's alignment positioners."""
+        return [k.positioner for layer in self.spec.layers for k in layer.alignment]
 
     def control_span(self) -> tuple[float, str]:
         """Weights span [-1, 1]."""

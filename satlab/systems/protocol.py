@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
-from satlab.rigfile import PluginSpec, RigSpec, SystemSpec, check_plugin
-from satlab.validation import ConfigError
+from satlab.rigfile import PluginSpec, RigSpec, Strict, SystemSpec, check_plugin
+from satlab.validation import ConfigError, FinitePositive
 
 if TYPE_CHECKING:
     from satlab.rig import Rig
@@ -52,6 +53,26 @@ class ControlSpace:
     def size(self) -> int:
         """Number of trainable controls."""
         return self.lower.numel()
+
+
+class AlignmentKnobSpec(Strict):
+    """An alignment axis a layer's training may move: which positioner, which of the
+    bench's axes it moves (what the twin models), and its central-difference step."""
+
+    positioner: str
+    axis: str
+    step: FinitePositive = Field(description="central-difference step, in the positioner's unit")
+
+
+@dataclass(frozen=True)
+class AlignmentKnob:
+    """A layer's alignment knob on an open rig."""
+
+    positioner: str
+    axis: str
+    unit: str
+    step: float
+    travel: tuple[float, float]
 
 
 class MacroPixels(nn.Module):
@@ -101,9 +122,36 @@ class LayerBackend(ABC):
     # use it to read each output's own slope from a simultaneous perturbation.
     control_outputs: np.ndarray | None = None
 
+    # Alignment axes (stages, mounts) that move this layer's light; SAT's ascent can move
+    # them. Positions are offsets from the aligned position, all 0 between steps.
+    knobs: tuple[AlignmentKnob, ...] = ()
+
     def __init__(self) -> None:
         self.queries = 0
         self.seconds = 0.0
+        self.alignment = np.zeros(0)
+
+    def attach_knobs(self, rig: Rig, specs: list[AlignmentKnobSpec]) -> None:
+        """Take the knobs of the rig file and move them to the aligned position."""
+        self.rig = rig
+        self.knobs = tuple(AlignmentKnob(k.positioner, k.axis, rig.instruments[k.positioner].unit, k.step,
+                                         rig.instruments[k.positioner].travel) for k in specs)
+        self.alignment = np.full(len(self.knobs), np.nan)
+        self.align(np.zeros(len(self.knobs)))
+
+    def align(self, offsets: np.ndarray) -> None:
+        """Move the knobs to ``offsets`` from the aligned position (the twin follows)."""
+        for i, (knob, value) in enumerate(zip(self.knobs, offsets, strict=True)):
+            if value != self.alignment[i]:
+                self.rig.move(knob.positioner, float(value))
+                self.alignment[i] = value
+
+    def twin_output(self, x: torch.Tensor, controls: torch.Tensor) -> torch.Tensor:
+        """The twin's output with the knobs where they are now."""
+        if not self.knobs:
+            return self.twin(x, controls)
+        at = {k.axis: float(v) for k, v in zip(self.knobs, self.alignment, strict=True)}
+        return self.twin(x, controls, alignment=at)
 
     @property
     def n_controls(self) -> int:
@@ -165,6 +213,36 @@ class System(ABC):
             raise ConfigError(self.path, field, f"no instrument named {name!r}")
         if instruments[name].kind != kind:
             raise ConfigError(self.path, field, f"{name!r} must be a {kind}")
+
+    def require_knobs(self, field: str, knobs: list[AlignmentKnobSpec]) -> None:
+        """ConfigError at ``field`` unless every knob names its own positioner and an axis
+        the system models (one of its imperfections)."""
+        seen: set[str] = set()
+        for i, knob in enumerate(knobs):
+            self.require_instrument(f"{field}.{i}.positioner", knob.positioner, "positioner")
+            if knob.axis not in self.imperfections:
+                raise ConfigError(self.path, f"{field}.{i}.axis",
+                                  f"expected one of {', '.join(self.imperfections)}, got {knob.axis!r}")
+            if knob.positioner in seen:
+                raise ConfigError(self.path, f"{field}.{i}.positioner", f"{knob.positioner!r} is listed twice")
+            seen.add(knob.positioner)
+
+    def check_knobs_open(self, rig: Rig, field: str, knobs: list[AlignmentKnobSpec]) -> None:
+        """Each knob's central-difference probes fit in its positioner's travel; a simulated
+        stage moves the knob's axis."""
+        for i, knob in enumerate(knobs):
+            dev = rig.instruments[knob.positioner]
+            if getattr(dev, "axis", knob.axis) != knob.axis:
+                raise ConfigError(self.path, f"{field}.{i}.axis",
+                                  f"{knob.positioner} moves the bench's {dev.axis}, not {knob.axis}")
+            low, high = dev.travel
+            if not (low <= -knob.step and knob.step <= high):
+                raise ConfigError(self.path, f"{field}.{i}.step",
+                                  f"{knob.step:g} leaves the travel [{low:g}, {high:g}] of {knob.positioner}")
+
+    def knob_names(self) -> list[str]:
+        """The positioners of every layer's alignment knobs, from the rig file."""
+        return []
 
     def require_twin(self, field: str, twin: PluginSpec) -> None:
         """ConfigError at ``field`` unless ``twin`` names a registered torch module."""
