@@ -57,7 +57,7 @@ class PhysicalLayer(nn.Module):
         radii r: eps = r² g / ||r g||, each knob's radius in its own unit; kept in the travel."""
         r, g = self.alignment_radius, self.alignment_grad
         norm = float(np.linalg.norm(r * g))
-        eps = r**2 * g / norm if norm > 0 and np.isfinite(norm) else np.zeros_like(r)
+        eps = r * (r * g / norm) if norm > 0 and np.isfinite(norm) else np.zeros_like(r)
         low, high = np.array([k.travel for k in self.backend.knobs]).reshape(-1, 2).T
         return np.clip(eps, low, high)
 

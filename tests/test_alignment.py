@@ -1,0 +1,199 @@
+"""Alignment knobs: positioners that move a bench's light, and SAT's ascent over them."""
+
+from __future__ import annotations
+
+import subprocess
+from importlib.resources import files
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from conftest import SATLAB, write_yaml
+
+from satlab.config import load_config
+from satlab.rig import Rig, RigLimitError
+from satlab.rigfile import load_rig_file
+from satlab.systems import system_for
+from satlab.training import build_trainee, check_model_matches_rig
+from satlab.validation import ConfigError
+
+RIG_FILE = files("satlab.configs") / "freespace-sim.yaml"
+
+
+@pytest.fixture
+def opened():
+    spec = load_rig_file(RIG_FILE)
+    with Rig(spec, RIG_FILE) as rig:
+        yield rig, system_for(spec, RIG_FILE).build_layers(rig)
+
+
+def weights_and_images(layer, seed: int, batch: int = 6):
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.rand(layer.n_controls, generator=gen, dtype=torch.float64) * 2 - 1
+    images = torch.rand(batch, layer.in_features, generator=gen, dtype=torch.float64) * 0.3
+    return weights, images
+
+
+def tiny_config(tmp_path, rig=RIG_FILE, **training) -> object:
+    path = write_yaml(tmp_path / "fs.yaml", {
+        "name": "fs-tiny", "rig": str(rig),
+        "data": {"train_per_class": 4, "test_per_class": 2},
+        "model": {"front": "image", "physical": [784, 144, 10], "activation": "sigmoid",
+                  "readout_scale": 10, "init_weight_range": 0.3},
+        "estimator": {"name": "physics_aware"},
+        "training": {"methods": ["sat"], "epochs": 1, "batch_size": 20, "lr_controls": 0.01,
+                     "lr_digital": 0.01, "rho": 0.1, "adaptive": False, **training}})
+    return path
+
+
+def test_a_stage_misaligns_the_bench_as_the_imperfection_does_and_the_twin_follows(opened):
+    rig, (fc1, _) = opened
+    assert [k.positioner for k in fc1.knobs] == ["stage1", "mount1"]
+    w, x = weights_and_images(fc1, 0)
+    aligned = fc1.query(x, w.numpy())
+    fc1.align(np.array([2.0, 0.0]))
+    assert rig.instruments["stage1"].position() == 2.0
+    moved = fc1.query(x, w.numpy())
+    assert np.abs(moved - aligned).max() > 0.01
+    assert torch.equal(torch.from_numpy(moved), fc1.twin_output(x, w))  # the twin knows the stage
+    fc1.align(np.zeros(2))
+    rig.set_imperfection("shift_px", 2.0)  # the same shift, unknown to the twin
+    assert np.array_equal(fc1.query(x, w.numpy()), moved)
+    assert torch.equal(fc1.twin_output(x, w), torch.from_numpy(aligned))
+
+
+def test_a_move_beyond_the_travel_is_refused_and_the_stage_stays(opened):
+    rig, _ = opened
+    rig.move("stage1", 1.5)
+    for bad in (10.5, -11.0, float("nan")):
+        with pytest.raises(RigLimitError, match=r"stage1: .*travel \[-10, 10\] px"):
+            rig.move("stage1", bad)
+    assert rig.resources["fc1"].positions["shift_px"] == 1.5
+    with pytest.raises(TypeError, match="camera1 is a camera, not a positioner"):
+        rig.move("camera1", 0.0)
+
+
+def test_the_knob_slope_is_measured_on_the_rig_and_is_the_loss_slope(tmp_path):
+    cfg = load_config(tiny_config(tmp_path, rho_alignment={"stage1": 3.0}))
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(20, 1, 28, 28, generator=gen) * 0.5
+    labels = torch.randint(0, 10, (20,), generator=gen)
+    with Rig.from_file(cfg.rig) as rig:
+        tr = build_trainee(cfg, rig, "sat")
+        net, fc1 = tr.model, tr.model.physical[0]
+        assert list(fc1.alignment_radius) == [3.0, 0.0]  # mount1 has no radius: never probed
+        net.train()
+        fc1.probe_alignment = True
+        F.cross_entropy(net(images), labels).backward()
+        slope = fc1.alignment_grad
+        assert slope[1] == 0.0 and fc1.backend.alignment.tolist() == [0.0, 0.0]  # put back
+
+        # the same slope from outside: dL/dy by autograd downstream of fc1, and fc1's
+        # outputs read with the stage at ± its step
+        x = net.front(images)
+        y = fc1(x).detach().requires_grad_(True)
+        def loss_from(y):
+            return F.cross_entropy(net.physical[1](net.between[0](y)) * net.readout_scale, labels)
+        loss_from(y).backward()
+        read = {}
+        for px in (0.5, -0.5):
+            fc1.backend.align(np.array([px, 0.0]))
+            read[px] = fc1(x).detach()
+        assert slope[0] == pytest.approx(float((y.grad * (read[0.5] - read[-0.5])).sum()), rel=1e-5)
+
+        def loss_at(px):
+            fc1.backend.align(np.array([px, 0.0]))
+            with torch.no_grad():
+                return float(loss_from(fc1(x)))
+        # to first order: the loss itself changes across the probes as the slope says
+        change = loss_at(0.5) - loss_at(-0.5)
+        assert 0.5 < change / slope[0] < 2.0
+
+
+def test_a_sat_step_moves_the_knob_by_its_radius_to_the_worse_side_and_back(tmp_path):
+    cfg = load_config(tiny_config(tmp_path, rho_alignment={"stage1": 3.0}))
+    gen = torch.Generator().manual_seed(2)
+    images = torch.rand(20, 1, 28, 28, generator=gen) * 0.5
+    labels = torch.randint(0, 10, (20,), generator=gen)
+    with Rig.from_file(cfg.rig) as rig:
+        tr = build_trainee(cfg, rig, "sat")
+        rig.commands.clear()
+        tr.controller.step(images, labels)
+        moves = [c.value for c in rig.commands if c.instrument == "stage1"]
+        slope = tr.model.physical[0].alignment_grad[0]
+        assert slope != 0.0
+        # the slope's probes (central, 0.5 px), back, the ascent, back
+        assert moves == [0.5, -0.5, 0.0, 3.0 * np.sign(slope), 0.0]
+        assert not [c for c in rig.commands if c.instrument == "mount1"]  # no radius: never moved
+        assert rig.resources["fc1"].positions == {"rotation_deg": 0.0, "shift_px": 0.0, "scale": 0.0}
+
+        plain = build_trainee(cfg, rig, "plain")
+        rig.commands.clear()
+        plain.controller.step(images, labels)
+        assert not [c for c in rig.commands if c.instrument in ("stage1", "mount1")]
+
+
+def test_the_ascent_stays_within_the_travel_and_spreads_over_knobs_by_their_radii(tmp_path):
+    cfg = load_config(tiny_config(tmp_path, rho_alignment={"stage1": 30.0, "mount1": 2.0}))
+    with Rig.from_file(cfg.rig) as rig:
+        layer = build_trainee(cfg, rig, "sat").model.physical[0]
+        layer.alignment_grad = np.array([1e-3, -1e-3])
+        eps = layer.alignment_ascent()
+        r = layer.alignment_radius
+        assert eps[0] == 10.0  # 30 px asked, the stage travels 10
+        expected = r**2 * layer.alignment_grad / np.linalg.norm(r * layer.alignment_grad)
+        assert eps[1] == pytest.approx(expected[1]) and eps[1] < 0
+        assert np.linalg.norm(expected / r) == pytest.approx(1.0)  # on the ellipsoid's surface
+        layer.alignment_grad = np.zeros(2)
+        assert layer.alignment_ascent().tolist() == [0.0, 0.0]  # no slope, no move (never NaN)
+
+
+def rig_with(tmp_path, edit) -> str:
+    spec = yaml.safe_load(RIG_FILE.read_text())
+    edit(spec)
+    return str(write_yaml(tmp_path / "rig.yaml", spec))
+
+
+@pytest.mark.parametrize("edit, field, expected", [
+    (lambda s: s["system"]["layers"][0]["alignment"][0].update(positioner="camera1"),
+     "system.layers.0.alignment.0.positioner", "must be a positioner"),
+    (lambda s: s["system"]["layers"][0]["alignment"][0].update(axis="tilt_deg"),
+     "system.layers.0.alignment.0.axis", "expected one of rotation_deg, shift_px, scale"),
+    (lambda s: s["system"]["layers"][1].update(alignment=[{"positioner": "stage1", "axis": "shift_px",
+                                                            "step": 0.5}]),
+     "system.layers", "one layer's display, not two"),
+])
+def test_a_bad_knob_is_refused_before_anything_opens(tmp_path, edit, field, expected):
+    rig = rig_with(tmp_path, edit)
+    with pytest.raises(ConfigError, match=expected) as err:
+        system_for(load_rig_file(rig), rig).check()
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("edit, field, expected", [
+    (lambda s: s["system"]["layers"][0]["alignment"][0].update(axis="rotation_deg"),
+     "system.layers.0.alignment.0.axis", "stage1 moves the bench's shift_px, not rotation_deg"),
+    (lambda s: s["system"]["layers"][0]["alignment"][0].update(step=12.0),
+     "system.layers.0.alignment.0.step", r"12 leaves the travel \[-10, 10\] of stage1"),
+])
+def test_a_knob_that_does_not_fit_its_stage_is_refused_on_opening(tmp_path, edit, field, expected):
+    rig = rig_with(tmp_path, edit)
+    with pytest.raises(ConfigError, match=expected) as err, Rig.from_file(rig):
+        pass
+    assert err.value.field == field
+
+
+def test_train_refuses_a_radius_for_a_knob_the_rig_lacks_and_opens_nothing(tmp_path):
+    path = tiny_config(tmp_path, rho_alignment={"stage9": 1.0})
+    done = subprocess.run([SATLAB, "train", str(path), "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert str(path) in done.stderr and "training.rho_alignment" in done.stderr
+    assert "'stage9' is not an alignment positioner" in done.stderr and "stage1, mount1" in done.stderr
+    assert not (tmp_path / "run").exists()
+    cfg = load_config(tiny_config(tmp_path, rho_alignment={"stage1": 1.0}))
+    cfg.estimator.name = "twin_autograd"
+    with pytest.raises(ConfigError, match="twin_autograd never queries it"):
+        check_model_matches_rig(cfg, load_rig_file(cfg.rig), "fs.yaml")
