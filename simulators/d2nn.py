@@ -67,16 +67,18 @@ class D2nnImperfections:
     mask_rotation_rad: float = 0.0
     mask_shift_px: tuple[float, float] = (0.0, 0.0)  # (rows, cols)
     axial_error: float = 0.0  # m, added to every distance between masks
+    fringing_px: float = 0.0  # SLM pixel crosstalk: Gaussian smoothing of the shown phase
 
     @classmethod
     def named(cls, values: dict[str, float]) -> D2nnImperfections:
         """From the D2NN system's named imperfections (``NAMED``), in their units."""
         return cls(math.radians(values.get("mask_rotation_deg", 0.0)),
-                   (0.0, values.get("mask_shift_px", 0.0)), values.get("axial_error_um", 0.0) * 1e-6)
+                   (0.0, values.get("mask_shift_px", 0.0)), values.get("axial_error_um", 0.0) * 1e-6,
+                   values.get("slm_fringing_px", 0.0))
 
 
-# The named imperfections (also the bench's alignment axes) and their units
-NAMED = {"mask_rotation_deg": "deg", "mask_shift_px": "px", "axial_error_um": "um"}
+# The bench's alignment axes and their units (imperfections a stage or mount can move)
+AXES = {"mask_rotation_deg": "deg", "mask_shift_px": "px", "axial_error_um": "um"}
 
 
 class D2nnModel(torch.nn.Module):
@@ -109,7 +111,7 @@ class D2nnModel(torch.nn.Module):
         field = optics.propagate(field, p.pitch, lam, p.to_first_mask)
         gaps = [*p.between_masks, None]
         for mask, gap in zip(masks, gaps, strict=True):
-            transmission = torch.polar(torch.ones_like(mask), mask)
+            transmission = optics.slm_pixels(mask, 1, fringing_px=bench.fringing_px)
             if bench.mask_rotation_rad or any(bench.mask_shift_px):
                 # resample the transmission, not the phase: interpolating phases across a
                 # 0/2π edge would invent a π that the mask does not show

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from satlab.simulators import optics
 from satlab.simulators.alignment import AlignmentAxes
-from satlab.simulators.d2nn import NAMED, PRESETS, D2nnImperfections, D2nnModel
+from satlab.simulators.d2nn import AXES, PRESETS, D2nnImperfections, D2nnModel
 from satlab.simulators.seeded_noise import SeededNoise
 
 from satlab.camera_readout import normalised_signals
@@ -60,7 +60,7 @@ class D2nnBench(SeededNoise, AlignmentAxes):
     """Shared state of one simulated D2NN bench: masks shown, digits loaded, imperfections,
     alignment stages."""
 
-    axes = NAMED
+    axes = AXES
 
     @staticmethod
     def check_options(preset: str = "sat_system3", slm_bits: int = 8, camera: dict | None = None,
@@ -94,13 +94,17 @@ class D2nnBench(SeededNoise, AlignmentAxes):
     def frames(self, exposure_s: float) -> torch.Tensor:
         """One camera frame per loaded digit, counts (B, grid, grid)."""
         with torch.no_grad():
-            misaligned = {k: v + self.positions[k] for k, v in self.imperfections.items()}
-            intensity = self.model.intensity(self.images, self.masks, D2nnImperfections.named(misaligned))
+            bench = {k: v + self.positions.get(k, 0.0) for k, v in self.imperfections.items()}
+            images = self.images
+            if bench["input_intensity_std"]:  # each input pixel's light, fluctuating frame by frame
+                noise = torch.randn(images.shape, generator=self.generator, dtype=images.dtype)
+                images = images * (1 + bench["input_intensity_std"] * noise).clamp(min=0)
+            intensity = self.model.intensity(images, self.masks, D2nnImperfections.named(bench))
             return self.camera.counts(intensity, exposure_s, self.generator)
 
     def reset_imperfections(self) -> None:
         """Back to the aligned bench of the rig file."""
-        self.imperfections = dict.fromkeys(NAMED, 0.0)
+        self.imperfections = dict.fromkeys([*AXES, "slm_fringing_px", "input_intensity_std"], 0.0)
 
     def set_imperfection(self, name: str, value: float, draw: int = 0) -> None:
         """Misalign the bench (names: the D2NN system's imperfections); the twin stays aligned."""

@@ -61,7 +61,8 @@ def test_a_macro_pixel_mask_is_shown_at_device_resolution(opened):
 
 
 @pytest.mark.parametrize("name, value", [("mask_rotation_deg", 1.0), ("mask_shift_px", 2.0),
-                                         ("axial_error_um", 100.0)])
+                                         ("axial_error_um", 100.0), ("slm_fringing_px", 1.0),
+                                         ("input_intensity_std", 0.2)])
 def test_misalignment_moves_the_bench_and_not_the_twin(opened, name, value):
     rig, layer = opened
     controls = layer.initial_controls(torch.Generator().manual_seed(4), 1.0)
@@ -73,6 +74,33 @@ def test_misalignment_moves_the_bench_and_not_the_twin(opened, name, value):
     assert torch.equal(layer.twin(x, controls), torch.from_numpy(aligned))  # the twin stays put
     rig.reset_imperfections()
     assert np.array_equal(layer.query(x, controls.numpy()), aligned)
+
+
+def test_fringing_acts_only_where_the_phase_changes_from_pixel_to_pixel(opened):
+    rig, layer = opened
+    x = digits_like(3, 6)
+    uniform = torch.full((layer.n_controls,), 2.0, dtype=torch.float64)
+    textured = layer.initial_controls(torch.Generator().manual_seed(6), 1.0)
+    sharp = [layer.query(x, c.numpy()) for c in (uniform, textured)]
+    rig.set_imperfection("slm_fringing_px", 2.0)
+    assert np.array_equal(layer.query(x, uniform.numpy()), sharp[0])
+    assert np.abs(layer.query(x, textured.numpy()) - sharp[1]).max() > 1e-3
+
+
+def test_input_light_fluctuates_from_frame_to_frame(opened):
+    rig, layer = opened
+    x = digits_like(3, 7)
+    controls = layer.initial_controls(torch.Generator().manual_seed(7), 1.0)
+    steady = layer.query(x, controls.numpy())
+    assert np.array_equal(layer.query(x, controls.numpy()), steady)
+    rig.set_imperfection("input_intensity_std", 0.1)
+    first, second = (layer.query(x, controls.numpy()) for _ in range(2))
+    assert np.abs(first - second).max() > 1e-4  # a new draw each frame
+    spread = {std: None for std in (0.05, 0.3)}
+    for std in spread:
+        rig.set_imperfection("input_intensity_std", std)
+        spread[std] = np.abs(layer.query(x, controls.numpy()) - steady).mean()
+    assert spread[0.3] > 2 * spread[0.05]
 
 
 def test_phases_wrap_instead_of_piling_up_at_an_edge(opened):

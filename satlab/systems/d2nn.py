@@ -138,6 +138,10 @@ class D2nnSystem(System):
         "mask_rotation_deg": Imperfection("deg", 0.0, "rotation of every mask about the optical axis"),
         "mask_shift_px": Imperfection("px", 0.0, "lateral shift of every mask (grid pixels)"),
         "axial_error_um": Imperfection("um", 0.0, "error of every distance between masks"),
+        "slm_fringing_px": Imperfection("px", 0.0, "SLM pixel crosstalk: the shown phase smoothed "
+                                                   "by a Gaussian of this width"),
+        "input_intensity_std": Imperfection("1", 0.0, "relative fluctuation of each input pixel's "
+                                                      "light, frame by frame"),
     }
 
     def check(self) -> None:
