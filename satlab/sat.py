@@ -20,8 +20,8 @@ class SatController:
     projected into the safe range; g' at theta+eps; base optimizer steps with
     g'; theta projected into limits. Layers with alignment knobs and ascent radii
     also move the knobs to their worst side (``PhysicalLayer.alignment_ascent``,
-    slopes by central differences on the rig) for g', and back. ``method="plain"`` is one pass with the
-    same estimator and base optimizer: the baseline.
+    slopes by central differences on the rig) for g', and back. ``method="plain"``
+    is one pass with the same estimator and base optimizer: the baseline.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -43,7 +43,8 @@ class SatController:
         """One update on a batch; returns the loss and logits at the unperturbed point."""
         self.model.train()
         self.optimizer.zero_grad()
-        knobbed = [layer for layer in self.physical if self.method == "sat" and layer.alignment_radius.any()]
+        knobbed = [layer for layer in self.physical
+                   if self.method == "sat" and layer.alignment_radius.any()]
         for layer in knobbed:
             layer.probe_alignment = True
         try:

@@ -71,7 +71,7 @@ class D2nnImperfections:
 
     @classmethod
     def named(cls, values: dict[str, float]) -> D2nnImperfections:
-        """From the D2NN system's named imperfections (``NAMED``), in their units."""
+        """From the D2NN system's named imperfections (e.g. ``mask_rotation_deg``), in their units."""
         return cls(math.radians(values.get("mask_rotation_deg", 0.0)),
                    (0.0, values.get("mask_shift_px", 0.0)), values.get("axial_error_um", 0.0) * 1e-6,
                    values.get("slm_fringing_px", 0.0))

@@ -143,6 +143,7 @@ class D2nnSystem(System):
         "input_intensity_std": Imperfection("1", 0.0, "relative fluctuation of each input pixel's "
                                                       "light, frame by frame"),
     }
+    alignment_axes = ("mask_rotation_deg", "mask_shift_px", "axial_error_um")
 
     def check(self) -> None:
         """Instruments exist with the right kinds; the twin is a torch module."""

@@ -100,6 +100,7 @@ class IncoherentFreeSpace(System):
         "shift_px": Imperfection("px", 0.0, "shift of the displayed weight tiles along the rows"),
         "scale": Imperfection("x", 1.0, "magnification of the displayed weight tiles"),
     }
+    alignment_axes = ("rotation_deg", "shift_px", "scale")  # a knob's scale: a change from 1
 
     def check(self) -> None:
         """Instruments exist with the right kinds; each layer has its own; twins are modules."""

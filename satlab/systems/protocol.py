@@ -70,7 +70,6 @@ class AlignmentKnob:
 
     positioner: str
     axis: str
-    unit: str
     step: float
     travel: tuple[float, float]
 
@@ -134,8 +133,8 @@ class LayerBackend(ABC):
     def attach_knobs(self, rig: Rig, specs: list[AlignmentKnobSpec]) -> None:
         """Take the knobs of the rig file and move them to the aligned position."""
         self.rig = rig
-        self.knobs = tuple(AlignmentKnob(k.positioner, k.axis, rig.instruments[k.positioner].unit, k.step,
-                                         rig.instruments[k.positioner].travel) for k in specs)
+        self.knobs = tuple(AlignmentKnob(k.positioner, k.axis, k.step, rig.instruments[k.positioner].travel)
+                           for k in specs)
         self.alignment = np.full(len(self.knobs), np.nan)
         self.align(np.zeros(len(self.knobs)))
 
@@ -198,6 +197,7 @@ class System(ABC):
 
     Spec: ClassVar[type[SystemSpec]]
     imperfections: ClassVar[dict[str, Imperfection]] = {}
+    alignment_axes: ClassVar[tuple[str, ...]] = ()  # imperfections a stage or mount can move
 
     def __init__(self, rig_spec: RigSpec, path: str | Path = "<rig>") -> None:
         self.rig_spec, self.path = rig_spec, Path(path)
@@ -215,14 +215,14 @@ class System(ABC):
             raise ConfigError(self.path, field, f"{name!r} must be a {kind}")
 
     def require_knobs(self, field: str, knobs: list[AlignmentKnobSpec]) -> None:
-        """ConfigError at ``field`` unless every knob names its own positioner and an axis
-        the system models (one of its imperfections)."""
+        """ConfigError at ``field`` unless every knob names its own positioner and one of
+        the system's alignment axes."""
         seen: set[str] = set()
         for i, knob in enumerate(knobs):
             self.require_instrument(f"{field}.{i}.positioner", knob.positioner, "positioner")
-            if knob.axis not in self.imperfections:
+            if knob.axis not in self.alignment_axes:
                 raise ConfigError(self.path, f"{field}.{i}.axis",
-                                  f"expected one of {', '.join(self.imperfections)}, got {knob.axis!r}")
+                                  f"expected one of {', '.join(self.alignment_axes)}, got {knob.axis!r}")
             if knob.positioner in seen:
                 raise ConfigError(self.path, f"{field}.{i}.positioner", f"{knob.positioner!r} is listed twice")
             seen.add(knob.positioner)
