@@ -197,3 +197,19 @@ def test_train_refuses_a_radius_for_a_knob_the_rig_lacks_and_opens_nothing(tmp_p
     cfg.estimator.name = "twin_autograd"
     with pytest.raises(ConfigError, match="twin_autograd never queries it"):
         check_model_matches_rig(cfg, load_rig_file(cfg.rig), "fs.yaml")
+
+
+def test_gamma_below_one_half_mixes_the_unperturbed_gradient_into_the_update(tmp_path):
+    from satlab.optim import SAM, WSAM
+
+    cfg = load_config(tiny_config(tmp_path, gamma=1 / 3))
+    with Rig.from_file(cfg.rig) as rig:
+        optimizer = build_trainee(cfg, rig, "sat").controller.optimizer
+        assert isinstance(optimizer, WSAM) and not optimizer.decoupled
+        assert all(g["gamma"] == pytest.approx(1 / 3) for g in optimizer.param_groups)
+        cfg.training.gamma = 0.5
+        assert type(build_trainee(cfg, rig, "sat").controller.optimizer) is SAM
+    bad = tiny_config(tmp_path, gamma=1.0)
+    with pytest.raises(ConfigError, match="training.gamma") as err:
+        load_config(bad)
+    assert str(bad) in str(err.value)
