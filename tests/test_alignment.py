@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import subprocess
 from importlib.resources import files
 
@@ -213,3 +214,43 @@ def test_gamma_below_one_half_mixes_the_unperturbed_gradient_into_the_update(tmp
     with pytest.raises(ConfigError, match="training.gamma") as err:
         load_config(bad)
     assert str(bad) in str(err.value)
+
+
+def test_a_run_killed_while_sat_moves_the_knobs_resumes_to_the_uninterrupted_result(tmp_path):
+    import signal
+    import time
+
+    from satlab import checkpoint
+
+    def edit(spec):
+        spec["instruments"]["stage1"]["settle_time"] = 0.03  # a stage takes time to move
+        for res in ("fc1", "fc2"):  # camera read noise: the benches' RNG must resume too
+            spec["resources"][res]["options"]["camera"] = {"read_noise_e": 2.0}
+    rig = rig_with(tmp_path, edit)
+    path = tiny_config(tmp_path, rig=rig, rho_alignment={"stage1": 3.0}, gamma=1 / 3, epochs=2,
+                       checkpoint_every=2)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+
+    def train(*args):
+        return subprocess.Popen([SATLAB, "train", *map(str, args), "--quiet"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = train(path, "--run-dir", killed)
+    ckpt = killed / "sat" / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = checkpoint.load(ckpt)
+    assert not state["done"]  # killed mid-run, knobs possibly off their aligned position
+    for p in (train("--resume", killed), train(path, "--run-dir", whole)):
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    a, b = checkpoint.load(whole / "sat" / "checkpoint.pt"), checkpoint.load(ckpt)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    def columns(run):
+        with open(run / "sat" / "metrics.csv") as f:
+            return [[row[k] for k in ("epoch", "step", "loss", "accuracy", "rig_queries")]
+                    for row in csv.DictReader(f)]
+    assert columns(whole) == columns(killed) and len(columns(whole)) == 2  # a row per epoch
