@@ -258,7 +258,7 @@ def _update_summary(run: Path, method: str, estimator: str, rig_queries: int,
 
 
 def cmd_rig_check(args: argparse.Namespace) -> int:
-    from satlab.instruments import Camera, CurrentSource, Photodetector
+    from satlab.instruments import Camera, CurrentSource, Photodetector, Positioner
 
     spec = load_rig_file(args.rig_file)
     with Rig(spec, args.rig_file) as rig:
@@ -274,6 +274,8 @@ def cmd_rig_check(args: argparse.Namespace) -> int:
                 shot = dev.acquire()
                 line += (f" | {dev.roi.width}x{dev.roi.height} px ROI, {dev.bit_depth}-bit, "
                          f"max {shot.counts.max()} counts{' SATURATED' if shot.saturated.any() else ''}")
+            elif isinstance(dev, Positioner):
+                line += f" | at {dev.position():g} {dev.unit}"
             print(line)
     print(f"{spec.name}: {len(spec.instruments)} instruments OK, all left in their safe state")
     return 0

@@ -254,3 +254,11 @@ def test_a_run_killed_while_sat_moves_the_knobs_resumes_to_the_uninterrupted_res
             return [[row[k] for k in ("epoch", "step", "loss", "accuracy", "rig_queries")]
                     for row in csv.DictReader(f)]
     assert columns(whole) == columns(killed) and len(columns(whole)) == 2  # a row per epoch
+
+
+def test_rig_check_reports_where_each_positioner_is():
+    done = subprocess.run([SATLAB, "rig", "check", str(RIG_FILE)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
+    assert "positioner" in lines["stage1"] and lines["stage1"].endswith("| at 0 px")
+    assert lines["mount1"].endswith("-10..10 deg | at 0 deg")
