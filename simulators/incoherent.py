@@ -4,9 +4,10 @@ Each output neuron's weights are a tile on a weight display, side x side pixels 
 input image; the input image is fanned out onto every tile, each tile's light is summed
 by a lens onto one camera pixel. Weights w in [-1, 1] are shown as transmissions
 (w + 1)/2 and a reference tile at 1/2 measures the offset: the outputs are
-sum_j w_ij x_j / sum_j x_j (``referenced_signals``). Misalignment is an affine transform (rotation, shift along the rows,
-scale) of every displayed tile against the input image: light outside the display is
-lost, on the tiles and on the reference alike.
+sum_j w_ij x_j / sum_j x_j (``referenced_signals``). The tiles form one displayed
+picture; misalignment is an affine transform (rotation, shift along the rows, scale) of
+that picture about its centre, against the fanned-out input image: a tile's place then
+shows parts of its neighbours, and light leaving the picture is lost.
 
 The bench evaluates ``IncoherentModel`` with its imperfections, the twin the same model
 without, read through the same camera: without noise they agree bit for bit.
@@ -18,6 +19,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from satlab.simulators import optics
 from satlab.simulators.alignment import AlignmentAxes
 from satlab.simulators.seeded_noise import SeededNoise
@@ -27,21 +29,46 @@ from satlab.instruments import Camera, InputModulator, Roi
 from satlab.validation import OptionError, require_count
 
 
+# The free-space system's named imperfections (also the bench's alignment axes), their units
+NAMED = {"rotation_deg": "deg", "shift_px": "px", "scale": "x"}
+
+
 class IncoherentModel:
-    """Tile sums of one layer: inputs (B, side²), weights (out, side²) in [-1, 1]."""
+    """Tile sums of one layer: inputs (B, side²), weights (out, side²) in [-1, 1].
+
+    The display shows the tiles (the outputs' and the reference) as one picture, row by
+    row on a grid ``grid`` tiles wide; a misaligned display moves the whole picture about
+    its centre, so a rotation or a magnification moves outer tiles further than central
+    ones, and light of one tile's weights can fall on its neighbour's place.
+    """
 
     def __init__(self, side: int, outputs: int) -> None:
         self.side, self.outputs = side, outputs
+        self.grid = math.ceil(math.sqrt(outputs + 1))  # tiles per row of the picture
+        self.rows = math.ceil((outputs + 1) / self.grid)
 
-    def tile_sums(self, x: torch.Tensor, transmission: torch.Tensor, rotation_rad: float = 0.0,
-                  shift_px: float = 0.0, scale: float = 1.0) -> torch.Tensor:
-        """Light through each displayed tile (B, tiles) for transmissions (tiles, side²)."""
-        tiles = transmission.reshape(-1, self.side, self.side)
-        if rotation_rad or shift_px or scale != 1.0:
-            tiles = optics.affine_resample(tiles, rotation_rad, (shift_px, 0.0), scale)
-        return x.reshape(len(x), -1) @ tiles.reshape(len(tiles), -1).T
+    def picture(self, transmission: torch.Tensor) -> torch.Tensor:
+        """The displayed picture (rows·side, grid·side) of transmissions (tiles, side²)."""
+        s, n = self.side, len(transmission)
+        slots = F.pad(transmission, (0, 0, 0, self.rows * self.grid - n))  # empty slots dark
+        return slots.reshape(self.rows, self.grid, s, s).transpose(1, 2).reshape(self.rows * s, self.grid * s)
 
+    def tiles(self, picture: torch.Tensor, count: int) -> torch.Tensor:
+        """What each of the first ``count`` tile places of a picture shows, (count, side²)."""
+        s = self.side
+        slots = picture.reshape(self.rows, s, self.grid, s).transpose(1, 2).reshape(-1, s * s)
+        return slots[:count]
 
+    def tile_sums(self, x: torch.Tensor, transmission: torch.Tensor,
+                  misalignment: dict[str, float] | None = None) -> torch.Tensor:
+        """Light through each tile place (B, tiles) for transmissions (tiles, side²), the
+        picture misaligned by named amounts (``NAMED``; scale as a change from 1)."""
+        m = misalignment or {}
+        rotation, shift, scale = m.get("rotation_deg", 0.0), m.get("shift_px", 0.0), 1.0 + m.get("scale", 0.0)
+        if rotation or shift or scale != 1.0:
+            moved = optics.affine_resample(self.picture(transmission), math.radians(rotation), (shift, 0.0), scale)
+            transmission = self.tiles(moved, len(transmission))
+        return x.reshape(len(x), -1) @ transmission.reshape(len(transmission), -1).T
 
 
 class IncoherentCameraModel:
@@ -66,18 +93,6 @@ def _check(side: int, outputs: int, camera: dict) -> None:
         IncoherentCameraModel(**camera)
     except TypeError as exc:
         raise OptionError("camera", str(exc)) from None
-
-
-# The free-space system's named imperfections (also the bench's alignment axes), their units
-NAMED = {"rotation_deg": "deg", "shift_px": "px", "scale": "x"}
-
-
-def misaligned_tile_sums(model: IncoherentModel, x: torch.Tensor, transmission: torch.Tensor,
-                         misalignment: dict[str, float]) -> torch.Tensor:
-    """``model.tile_sums`` with the display misaligned by named amounts (``NAMED``; scale
-    as a change from 1)."""
-    return model.tile_sums(x, transmission, math.radians(misalignment.get("rotation_deg", 0.0)),
-                           misalignment.get("shift_px", 0.0), 1.0 + misalignment.get("scale", 0.0))
 
 
 class IncoherentBench(SeededNoise, AlignmentAxes):
@@ -122,7 +137,7 @@ class IncoherentBench(SeededNoise, AlignmentAxes):
     def frames(self) -> torch.Tensor:
         """Counts (B, 1, tiles) for the loaded inputs."""
         misalignment = {k: v + self.positions[k] for k, v in self.imperfections.items()}
-        sums = misaligned_tile_sums(self.model, self.inputs, self.transmission, misalignment)
+        sums = self.model.tile_sums(self.inputs, self.transmission, misalignment)
         return self.camera.counts(sums, self.generator)
 
 
@@ -142,7 +157,7 @@ class IncoherentTwin(torch.nn.Module):
         """The layer's outputs (B, outputs), as the bench's camera reads them, with the
         display's stages at ``alignment`` (axis: position; none: all at 0)."""
         shown = shown_as_transmissions(weights.reshape(self.model.outputs, -1))
-        counts = self.camera.counts(misaligned_tile_sums(self.model, x.double(), shown, alignment or {}))
+        counts = self.camera.counts(self.model.tile_sums(x.double(), shown, alignment))
         return referenced_signals(counts[:, 0])
 
 

@@ -76,7 +76,7 @@ def test_a_move_beyond_the_travel_is_refused_and_the_stage_stays(opened):
         rig.move("camera1", 0.0)
 
 
-def test_the_knob_slope_is_measured_on_the_rig_and_is_the_loss_slope(tmp_path):
+def test_the_knob_slope_is_the_change_across_its_probes_on_the_rig_weighted_by_dl_dy(tmp_path):
     cfg = load_config(tiny_config(tmp_path, rho_alignment={"stage1": 3.0}))
     gen = torch.Generator().manual_seed(1)
     images = torch.rand(20, 1, 28, 28, generator=gen) * 0.5
@@ -104,13 +104,6 @@ def test_the_knob_slope_is_measured_on_the_rig_and_is_the_loss_slope(tmp_path):
             read[px] = fc1(x).detach()
         assert slope[0] == pytest.approx(float((y.grad * (read[0.5] - read[-0.5])).sum()), rel=1e-5)
 
-        def loss_at(px):
-            fc1.backend.align(np.array([px, 0.0]))
-            with torch.no_grad():
-                return float(loss_from(fc1(x)))
-        # to first order: the loss itself changes across the probes as the slope says
-        change = loss_at(0.5) - loss_at(-0.5)
-        assert 0.5 < change / slope[0] < 2.0
 
 
 def test_a_sat_step_moves_the_knob_by_its_radius_to_the_worse_side_and_back(tmp_path):

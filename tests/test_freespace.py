@@ -45,9 +45,9 @@ def test_each_layer_computes_wx_over_the_input_light_and_equals_its_twin_bit_for
         np.testing.assert_allclose(measured, expected.numpy(), atol=2e-3)  # the 16-bit camera's steps
 
 
-def test_a_shifted_display_reads_the_tiles_moved_down_with_light_lost_at_the_edge(opened):
+def test_a_shifted_display_moves_the_whole_picture_down_into_the_neighbouring_tiles(opened):
     rig, layers = opened
-    layer = layers[1]  # 12x12 tiles
+    layer = layers[1]  # 10 + 1 tiles of 12x12, shown 4 to a row: a 3 x 4 picture of tiles
     w, x = weights_and_images(layer, 3)
     aligned = layer.query(x, w.numpy())
     rig.set_imperfection("shift_px", 2.0)
@@ -56,14 +56,29 @@ def test_a_shifted_display_reads_the_tiles_moved_down_with_light_lost_at_the_edg
     rig.resources["fc2"].misaligns = True
     rig.set_imperfection("shift_px", 2.0)
     measured = layer.query(x, w.numpy())
-    tiles = torch.cat([(w.reshape(10, 12, 12) + 1) / 2, torch.full((1, 12, 12), 0.5, dtype=torch.float64)])
-    moved = torch.zeros_like(tiles)
-    moved[:, 2:, :] = tiles[:, :-2, :]  # two rows down, nothing shown above
-    sums = x.reshape(-1, 144) @ moved.reshape(11, -1).T
+    tiles = np.concatenate([(w.reshape(10, 12, 12).numpy() + 1) / 2, np.full((1, 12, 12), 0.5)])
+    picture = np.zeros((3 * 12, 4 * 12))
+    for k, tile in enumerate(tiles):
+        picture[k // 4 * 12:(k // 4 + 1) * 12, k % 4 * 12:(k % 4 + 1) * 12] = tile
+    moved = np.zeros_like(picture)
+    moved[2:] = picture[:-2]  # two rows down, nothing shown above
+    shown = np.stack([moved[k // 4 * 12:(k // 4 + 1) * 12, k % 4 * 12:(k % 4 + 1) * 12] for k in range(11)])
+    sums = x.numpy().reshape(-1, 144) @ shown.reshape(11, -1).T
     expected = (sums[:, :-1] - sums[:, -1:]) / sums[:, -1:]
-    np.testing.assert_allclose(measured, expected.numpy(), atol=2e-3)
-    aligned = layer.twin(x, w).numpy()
+    np.testing.assert_allclose(measured, expected, atol=2e-3)
     assert np.abs(measured - aligned).max() > 0.01  # and it matters
+
+
+def test_a_rotated_display_moves_outer_tiles_further_than_central_ones(opened):
+    rig, layers = opened
+    layer = layers[1]
+    rig.resources["fc2"].misaligns = True
+    w, x = weights_and_images(layer, 5)
+    aligned = layer.query(x, w.numpy())
+    rig.set_imperfection("rotation_deg", 3.0)
+    change = np.abs(layer.query(x, w.numpy()) - aligned).mean(0)
+    # tiles 5 and 6 sit beside the picture's centre, tiles 0, 3 and 8 at its corners
+    assert change[[0, 3, 8]].min() > 2 * change[[5, 6]].max()
 
 
 @pytest.mark.parametrize("name, value", [("rotation_deg", 3.0), ("scale", 1.1)])
