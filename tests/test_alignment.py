@@ -51,15 +51,15 @@ def tiny_config(tmp_path, rig=RIG_FILE, **training) -> object:
 
 def test_a_stage_misaligns_the_bench_as_the_imperfection_does_and_the_twin_follows(opened):
     rig, (fc1, _) = opened
-    assert [k.positioner for k in fc1.knobs] == ["stage1", "mount1"]
+    assert [k.positioner for k in fc1.knobs] == ["stage1", "mount1", "zoom1"]
     w, x = weights_and_images(fc1, 0)
     aligned = fc1.query(x, w.numpy())
-    fc1.align(np.array([2.0, 0.0]))
+    fc1.align(np.array([2.0, 0.0, 0.0]))
     assert rig.instruments["stage1"].position() == 2.0
     moved = fc1.query(x, w.numpy())
     assert np.abs(moved - aligned).max() > 0.01
     assert torch.equal(torch.from_numpy(moved), fc1.twin_output(x, w))  # the twin knows the stage
-    fc1.align(np.zeros(2))
+    fc1.align(np.zeros(3))
     rig.set_imperfection("shift_px", 2.0)  # the same shift, unknown to the twin
     assert np.array_equal(fc1.query(x, w.numpy()), moved)
     assert torch.equal(fc1.twin_output(x, w), torch.from_numpy(aligned))
@@ -84,12 +84,12 @@ def test_the_knob_slope_is_the_change_across_its_probes_on_the_rig_weighted_by_d
     with Rig.from_file(cfg.rig) as rig:
         tr = build_trainee(cfg, rig, "sat")
         net, fc1 = tr.model, tr.model.physical[0]
-        assert list(fc1.alignment_radius) == [3.0, 0.0]  # mount1 has no radius: never probed
+        assert list(fc1.alignment_radius) == [3.0, 0.0, 0.0]  # no radius: never probed
         net.train()
         fc1.probe_alignment = True
         F.cross_entropy(net(images), labels).backward()
         slope = fc1.alignment_grad
-        assert slope[1] == 0.0 and fc1.backend.alignment.tolist() == [0.0, 0.0]  # put back
+        assert slope[1:].tolist() == [0.0, 0.0] and fc1.backend.alignment.tolist() == [0.0] * 3  # put back
 
         # the same slope from outside: dL/dy by autograd downstream of fc1, and fc1's
         # outputs read with the stage at ± its step
@@ -100,10 +100,9 @@ def test_the_knob_slope_is_the_change_across_its_probes_on_the_rig_weighted_by_d
         loss_from(y).backward()
         read = {}
         for px in (0.5, -0.5):
-            fc1.backend.align(np.array([px, 0.0]))
+            fc1.backend.align(np.array([px, 0.0, 0.0]))
             read[px] = fc1(x).detach()
         assert slope[0] == pytest.approx(float((y.grad * (read[0.5] - read[-0.5])).sum()), rel=1e-5)
-
 
 
 def test_a_sat_step_moves_the_knob_by_its_radius_to_the_worse_side_and_back(tmp_path):
@@ -120,28 +119,29 @@ def test_a_sat_step_moves_the_knob_by_its_radius_to_the_worse_side_and_back(tmp_
         assert slope != 0.0
         # the slope's probes (central, 0.5 px), back, the ascent, back
         assert moves == [0.5, -0.5, 0.0, 3.0 * np.sign(slope), 0.0]
-        assert not [c for c in rig.commands if c.instrument == "mount1"]  # no radius: never moved
+        assert not [c for c in rig.commands if c.instrument in ("mount1", "zoom1")]  # no radius: never moved
         assert rig.resources["fc1"].positions == {"rotation_deg": 0.0, "shift_px": 0.0, "scale": 0.0}
 
         plain = build_trainee(cfg, rig, "plain")
         rig.commands.clear()
         plain.controller.step(images, labels)
-        assert not [c for c in rig.commands if c.instrument in ("stage1", "mount1")]
+        assert not [c for c in rig.commands if c.instrument in ("stage1", "mount1", "zoom1")]
 
 
 def test_the_ascent_stays_within_the_travel_and_spreads_over_knobs_by_their_radii(tmp_path):
     cfg = load_config(tiny_config(tmp_path, rho_alignment={"stage1": 30.0, "mount1": 2.0}))
     with Rig.from_file(cfg.rig) as rig:
         layer = build_trainee(cfg, rig, "sat").model.physical[0]
-        layer.alignment_grad = np.array([1e-3, -1e-3])
+        layer.alignment_grad = np.array([1e-3, -1e-3, 0.0])
         eps = layer.alignment_ascent()
         r = layer.alignment_radius
         assert eps[0] == 10.0  # 30 px asked, the stage travels 10
         expected = r**2 * layer.alignment_grad / np.linalg.norm(r * layer.alignment_grad)
         assert eps[1] == pytest.approx(expected[1]) and eps[1] < 0
-        assert np.linalg.norm(expected / r) == pytest.approx(1.0)  # on the ellipsoid's surface
-        layer.alignment_grad = np.zeros(2)
-        assert layer.alignment_ascent().tolist() == [0.0, 0.0]  # no slope, no move (never NaN)
+        assert np.linalg.norm(expected[:2] / r[:2]) == pytest.approx(1.0)  # on the ellipsoid's surface
+        assert eps[2] == 0.0  # zoom1 has no radius
+        layer.alignment_grad = np.zeros(3)
+        assert layer.alignment_ascent().tolist() == [0.0] * 3  # no slope, no move (never NaN)
 
 
 def rig_with(tmp_path, edit) -> str:
@@ -185,7 +185,7 @@ def test_train_refuses_a_radius_for_a_knob_the_rig_lacks_and_opens_nothing(tmp_p
                           capture_output=True, text=True)
     assert done.returncode != 0
     assert str(path) in done.stderr and "training.rho_alignment" in done.stderr
-    assert "'stage9' is not an alignment positioner" in done.stderr and "stage1, mount1" in done.stderr
+    assert "'stage9' is not an alignment positioner" in done.stderr and "stage1, mount1, zoom1" in done.stderr
     assert not (tmp_path / "run").exists()
     cfg = load_config(tiny_config(tmp_path, rho_alignment={"stage1": 1.0}))
     cfg.estimator.name = "twin_autograd"
