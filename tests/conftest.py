@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,21 @@ def write_yaml(path: Path, data: dict) -> Path:
 TWO_LAYER_RIG = Path(__file__).resolve().parents[1] / "satlab" / "configs" / "mrr-sim.yaml"
 
 
+def train_process(*args) -> subprocess.Popen:
+    """``satlab train ARGS --quiet`` started in the background."""
+    return subprocess.Popen([SATLAB, "train", *map(str, args), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill_at_first_checkpoint(proc: subprocess.Popen, checkpoint: Path) -> None:
+    """SIGKILL a training process as soon as it has written ``checkpoint``."""
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def tiny_config(rig: Path, **training) -> dict:
     """A training config small enough for a test: 12 digits per class, one epoch."""
     return {
@@ -63,3 +81,40 @@ def tiny_config(rig: Path, **training) -> dict:
 def rig_file(tmp_path: Path) -> Path:
     """A small one-layer simulated rig file."""
     return write_yaml(tmp_path / "rig.yaml", bank_rig())
+
+
+FREESPACE_RIG = Path(__file__).resolve().parents[1] / "satlab" / "configs" / "freespace-sim.yaml"
+
+
+@pytest.fixture
+def freespace_opened():
+    """The shipped free-space rig, open, with its layer backends."""
+    from satlab.rig import Rig
+    from satlab.rigfile import load_rig_file
+    from satlab.systems import system_for
+
+    spec = load_rig_file(FREESPACE_RIG)
+    with Rig(spec, FREESPACE_RIG) as rig:
+        yield rig, system_for(spec, FREESPACE_RIG).build_layers(rig)
+
+
+def random_weights_and_images(layer, seed: int, batch: int = 5):
+    """Weights uniform in [-1, 1] for every control of ``layer``, and dim random images."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.rand(layer.n_controls, generator=gen, dtype=torch.float64) * 2 - 1
+    images = torch.rand(batch, layer.in_features, generator=gen, dtype=torch.float64) * 0.3
+    return weights, images
+
+
+def freespace_config(tmp_path: Path, rig: Path = FREESPACE_RIG, **training) -> Path:
+    """A small SAT config for the free-space rig (40 digits: two steps an epoch), written out."""
+    return write_yaml(tmp_path / "fs.yaml", {
+        "name": "fs-tiny", "rig": str(rig),
+        "data": {"train_per_class": 4, "test_per_class": 2},
+        "model": {"front": "image", "physical": [784, 144, 10], "activation": "sigmoid",
+                  "readout_scale": 10, "init_weight_range": 0.3},
+        "estimator": {"name": "physics_aware"},
+        "training": {"methods": ["sat"], "epochs": 1, "batch_size": 20, "lr_controls": 0.01,
+                     "lr_digital": 0.01, "rho": 0.1, "adaptive": False, **training}})

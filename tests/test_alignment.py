@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import csv
 import subprocess
-from importlib.resources import files
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import SATLAB, write_yaml
+from conftest import FREESPACE_RIG as RIG_FILE
+from conftest import (
+    SATLAB,
+    freespace_config,
+    kill_at_first_checkpoint,
+    random_weights_and_images,
+    train_process,
+    write_yaml,
+)
 
 from satlab.config import load_config
 from satlab.rig import Rig, RigLimitError
@@ -20,39 +27,17 @@ from satlab.systems import system_for
 from satlab.training import build_trainee, check_model_matches_rig
 from satlab.validation import ConfigError
 
-RIG_FILE = files("satlab.configs") / "freespace-sim.yaml"
 
-
-@pytest.fixture
-def opened():
-    spec = load_rig_file(RIG_FILE)
-    with Rig(spec, RIG_FILE) as rig:
-        yield rig, system_for(spec, RIG_FILE).build_layers(rig)
-
-
-def weights_and_images(layer, seed: int, batch: int = 6):
+def batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    weights = torch.rand(layer.n_controls, generator=gen, dtype=torch.float64) * 2 - 1
-    images = torch.rand(batch, layer.in_features, generator=gen, dtype=torch.float64) * 0.3
-    return weights, images
+    images = torch.rand(20, 1, 28, 28, generator=gen) * 0.5
+    return images, torch.randint(0, 10, (20,), generator=gen)
 
 
-def tiny_config(tmp_path, rig=RIG_FILE, **training) -> object:
-    path = write_yaml(tmp_path / "fs.yaml", {
-        "name": "fs-tiny", "rig": str(rig),
-        "data": {"train_per_class": 4, "test_per_class": 2},
-        "model": {"front": "image", "physical": [784, 144, 10], "activation": "sigmoid",
-                  "readout_scale": 10, "init_weight_range": 0.3},
-        "estimator": {"name": "physics_aware"},
-        "training": {"methods": ["sat"], "epochs": 1, "batch_size": 20, "lr_controls": 0.01,
-                     "lr_digital": 0.01, "rho": 0.1, "adaptive": False, **training}})
-    return path
-
-
-def test_a_stage_misaligns_the_bench_as_the_imperfection_does_and_the_twin_follows(opened):
-    rig, (fc1, _) = opened
+def test_a_stage_misaligns_the_bench_like_the_imperfection_and_the_twin_follows(freespace_opened):
+    rig, (fc1, _) = freespace_opened
     assert [k.positioner for k in fc1.knobs] == ["stage1", "mount1", "zoom1"]
-    w, x = weights_and_images(fc1, 0)
+    w, x = random_weights_and_images(fc1, 0)
     aligned = fc1.query(x, w.numpy())
     fc1.align(np.array([2.0, 0.0, 0.0]))
     assert rig.instruments["stage1"].position() == 2.0
@@ -65,8 +50,8 @@ def test_a_stage_misaligns_the_bench_as_the_imperfection_does_and_the_twin_follo
     assert torch.equal(fc1.twin_output(x, w), torch.from_numpy(aligned))
 
 
-def test_a_move_beyond_the_travel_is_refused_and_the_stage_stays(opened):
-    rig, _ = opened
+def test_a_move_beyond_the_travel_is_refused_and_the_stage_stays(freespace_opened):
+    rig, _ = freespace_opened
     rig.move("stage1", 1.5)
     for bad in (10.5, -11.0, float("nan")):
         with pytest.raises(RigLimitError, match=r"stage1: .*travel \[-10, 10\] px"):
@@ -77,10 +62,8 @@ def test_a_move_beyond_the_travel_is_refused_and_the_stage_stays(opened):
 
 
 def test_the_knob_slope_is_the_change_across_its_probes_on_the_rig_weighted_by_dl_dy(tmp_path):
-    cfg = load_config(tiny_config(tmp_path, rho_alignment={"stage1": 3.0}))
-    gen = torch.Generator().manual_seed(1)
-    images = torch.rand(20, 1, 28, 28, generator=gen) * 0.5
-    labels = torch.randint(0, 10, (20,), generator=gen)
+    cfg = load_config(freespace_config(tmp_path, rho_alignment={"stage1": 3.0}))
+    images, labels = batch(1)
     with Rig.from_file(cfg.rig) as rig:
         tr = build_trainee(cfg, rig, "sat")
         net, fc1 = tr.model, tr.model.physical[0]
@@ -106,10 +89,8 @@ def test_the_knob_slope_is_the_change_across_its_probes_on_the_rig_weighted_by_d
 
 
 def test_a_sat_step_moves_the_knob_by_its_radius_to_the_worse_side_and_back(tmp_path):
-    cfg = load_config(tiny_config(tmp_path, rho_alignment={"stage1": 3.0}))
-    gen = torch.Generator().manual_seed(2)
-    images = torch.rand(20, 1, 28, 28, generator=gen) * 0.5
-    labels = torch.randint(0, 10, (20,), generator=gen)
+    cfg = load_config(freespace_config(tmp_path, rho_alignment={"stage1": 3.0}))
+    images, labels = batch(2)
     with Rig.from_file(cfg.rig) as rig:
         tr = build_trainee(cfg, rig, "sat")
         rig.commands.clear()
@@ -129,7 +110,7 @@ def test_a_sat_step_moves_the_knob_by_its_radius_to_the_worse_side_and_back(tmp_
 
 
 def test_the_ascent_stays_within_the_travel_and_spreads_over_knobs_by_their_radii(tmp_path):
-    cfg = load_config(tiny_config(tmp_path, rho_alignment={"stage1": 30.0, "mount1": 2.0}))
+    cfg = load_config(freespace_config(tmp_path, rho_alignment={"stage1": 30.0, "mount1": 2.0}))
     with Rig.from_file(cfg.rig) as rig:
         layer = build_trainee(cfg, rig, "sat").model.physical[0]
         layer.alignment_grad = np.array([1e-3, -1e-3, 0.0])
@@ -180,14 +161,14 @@ def test_a_knob_that_does_not_fit_its_stage_is_refused_on_opening(tmp_path, edit
 
 
 def test_train_refuses_a_radius_for_a_knob_the_rig_lacks_and_opens_nothing(tmp_path):
-    path = tiny_config(tmp_path, rho_alignment={"stage9": 1.0})
+    path = freespace_config(tmp_path, rho_alignment={"stage9": 1.0})
     done = subprocess.run([SATLAB, "train", str(path), "--run-dir", str(tmp_path / "run")],
                           capture_output=True, text=True)
     assert done.returncode != 0
     assert str(path) in done.stderr and "training.rho_alignment" in done.stderr
     assert "'stage9' is not an alignment positioner" in done.stderr and "stage1, mount1, zoom1" in done.stderr
     assert not (tmp_path / "run").exists()
-    cfg = load_config(tiny_config(tmp_path, rho_alignment={"stage1": 1.0}))
+    cfg = load_config(freespace_config(tmp_path, rho_alignment={"stage1": 1.0}))
     cfg.estimator.name = "twin_autograd"
     with pytest.raises(ConfigError, match="twin_autograd never queries it"):
         check_model_matches_rig(cfg, load_rig_file(cfg.rig), "fs.yaml")
@@ -196,23 +177,20 @@ def test_train_refuses_a_radius_for_a_knob_the_rig_lacks_and_opens_nothing(tmp_p
 def test_gamma_below_one_half_mixes_the_unperturbed_gradient_into_the_update(tmp_path):
     from satlab.optim import SAM, WSAM
 
-    cfg = load_config(tiny_config(tmp_path, gamma=1 / 3))
+    cfg = load_config(freespace_config(tmp_path, gamma=1 / 3))
     with Rig.from_file(cfg.rig) as rig:
         optimizer = build_trainee(cfg, rig, "sat").controller.optimizer
         assert isinstance(optimizer, WSAM) and not optimizer.decoupled
         assert all(g["gamma"] == pytest.approx(1 / 3) for g in optimizer.param_groups)
         cfg.training.gamma = 0.5
         assert type(build_trainee(cfg, rig, "sat").controller.optimizer) is SAM
-    bad = tiny_config(tmp_path, gamma=1.0)
+    bad = freespace_config(tmp_path, gamma=1.0)
     with pytest.raises(ConfigError, match="training.gamma") as err:
         load_config(bad)
     assert str(bad) in str(err.value)
 
 
 def test_a_run_killed_while_sat_moves_the_knobs_resumes_to_the_uninterrupted_result(tmp_path):
-    import signal
-    import time
-
     from satlab import checkpoint
 
     def edit(spec):
@@ -220,23 +198,15 @@ def test_a_run_killed_while_sat_moves_the_knobs_resumes_to_the_uninterrupted_res
         for res in ("fc1", "fc2"):  # camera read noise: the benches' RNG must resume too
             spec["resources"][res]["options"]["camera"] = {"read_noise_e": 2.0}
     rig = rig_with(tmp_path, edit)
-    path = tiny_config(tmp_path, rig=rig, rho_alignment={"stage1": 3.0}, gamma=1 / 3, epochs=2,
+    path = freespace_config(tmp_path, rig=rig, rho_alignment={"stage1": 3.0}, gamma=1 / 3, epochs=2,
                        checkpoint_every=2)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
 
-    def train(*args):
-        return subprocess.Popen([SATLAB, "train", *map(str, args), "--quiet"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc = train(path, "--run-dir", killed)
     ckpt = killed / "sat" / "checkpoint.pt"
-    deadline = time.monotonic() + 300
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_first_checkpoint(train_process(path, "--run-dir", killed), ckpt)
     state = checkpoint.load(ckpt)
     assert not state["done"]  # killed mid-run, knobs possibly off their aligned position
-    for p in (train("--resume", killed), train(path, "--run-dir", whole)):
+    for p in (train_process("--resume", killed), train_process(path, "--run-dir", whole)):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err
     a, b = checkpoint.load(whole / "sat" / "checkpoint.pt"), checkpoint.load(ckpt)

@@ -4,51 +4,33 @@ from __future__ import annotations
 
 import json
 import subprocess
-from importlib.resources import files
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SATLAB, write_yaml
+from conftest import FREESPACE_RIG as RIG_FILE
+from conftest import SATLAB, freespace_config, random_weights_and_images, write_yaml
 
 from satlab.rig import Rig, RigError, RigLimitError
 from satlab.rigfile import load_rig_file
-from satlab.systems import system_for
 from satlab.validation import ConfigError
 
-RIG_FILE = files("satlab.configs") / "freespace-sim.yaml"
-
-
-@pytest.fixture
-def opened():
-    spec = load_rig_file(RIG_FILE)
-    with Rig(spec, RIG_FILE) as rig:
-        yield rig, system_for(spec, RIG_FILE).build_layers(rig)
-
-
-def weights_and_images(layer, seed: int, batch: int = 5):
-    gen = torch.Generator().manual_seed(seed)
-    weights = torch.rand(layer.n_controls, generator=gen, dtype=torch.float64) * 2 - 1
-    images = torch.rand(batch, layer.in_features, generator=gen, dtype=torch.float64) * 0.3
-    return weights, images
-
-
-def test_each_layer_computes_wx_over_the_input_light_and_equals_its_twin_bit_for_bit(opened):
-    _, layers = opened
+def test_each_layer_computes_wx_over_the_input_light_and_equals_its_twin_bit_for_bit(freespace_opened):
+    _, layers = freespace_opened
     assert [(l.in_features, l.out_features) for l in layers] == [(784, 144), (144, 10)]
     for seed, layer in enumerate(layers):
-        w, x = weights_and_images(layer, seed)
+        w, x = random_weights_and_images(layer, seed)
         measured = layer.query(x, w.numpy())
         assert torch.equal(torch.from_numpy(measured), layer.twin(x, w))
         expected = (x @ w.reshape(layer.out_features, -1).T) / x.sum(1, keepdim=True)
         np.testing.assert_allclose(measured, expected.numpy(), atol=2e-3)  # the 16-bit camera's steps
 
 
-def test_a_shifted_display_moves_the_whole_picture_down_into_the_neighbouring_tiles(opened):
-    rig, layers = opened
+def test_a_shifted_display_moves_the_whole_picture_down_into_the_neighbouring_tiles(freespace_opened):
+    rig, layers = freespace_opened
     layer = layers[1]  # 10 + 1 tiles of 12x12, shown 4 to a row: a 3 x 4 picture of tiles
-    w, x = weights_and_images(layer, 3)
+    w, x = random_weights_and_images(layer, 3)
     aligned = layer.query(x, w.numpy())
     rig.set_imperfection("shift_px", 2.0)
     # the shipped rig misaligns the first layer only (as the paper's study does)
@@ -69,11 +51,11 @@ def test_a_shifted_display_moves_the_whole_picture_down_into_the_neighbouring_ti
     assert np.abs(measured - aligned).max() > 0.01  # and it matters
 
 
-def test_a_rotated_display_moves_outer_tiles_further_than_central_ones(opened):
-    rig, layers = opened
+def test_a_rotated_display_moves_outer_tiles_further_than_central_ones(freespace_opened):
+    rig, layers = freespace_opened
     layer = layers[1]
     rig.resources["fc2"].misaligns = True
-    w, x = weights_and_images(layer, 5)
+    w, x = random_weights_and_images(layer, 5)
     aligned = layer.query(x, w.numpy())
     rig.set_imperfection("rotation_deg", 3.0)
     change = np.abs(layer.query(x, w.numpy()) - aligned).mean(0)
@@ -82,10 +64,10 @@ def test_a_rotated_display_moves_outer_tiles_further_than_central_ones(opened):
 
 
 @pytest.mark.parametrize("name, value", [("rotation_deg", 3.0), ("scale", 1.1)])
-def test_rotation_and_scale_change_the_outputs_until_reset(opened, name, value):
-    rig, layers = opened
+def test_rotation_and_scale_change_the_outputs_until_reset(freespace_opened, name, value):
+    rig, layers = freespace_opened
     layer = layers[0]
-    w, x = weights_and_images(layer, 4)
+    w, x = random_weights_and_images(layer, 4)
     aligned = layer.query(x, w.numpy())
     rig.set_imperfection(name, value)
     assert np.abs(layer.query(x, w.numpy()) - aligned).max() > 0.01
@@ -93,10 +75,10 @@ def test_rotation_and_scale_change_the_outputs_until_reset(opened, name, value):
     assert np.array_equal(layer.query(x, w.numpy()), aligned)
 
 
-def test_a_saturated_tile_camera_is_an_error(opened):
-    rig, layers = opened
+def test_a_saturated_tile_camera_is_an_error(freespace_opened):
+    rig, layers = freespace_opened
     rig.resources["fc2"].camera.electrons_per_unit = 1e4
-    w, x = weights_and_images(layers[1], 5)
+    w, x = random_weights_and_images(layers[1], 5)
     with pytest.raises(RigError, match="camera2 saturated"):
         layers[1].query(x * 3, w.numpy())
 
@@ -123,20 +105,13 @@ def test_rig_file_mistakes_name_their_field(tmp_path, change, field, message):
 
 
 def test_sat_trains_the_displayed_weights_through_satlab_train(tmp_path):
-    config = write_yaml(tmp_path / "fs.yaml", {
-        "name": "fs-tiny", "rig": str(RIG_FILE),
-        "data": {"train_per_class": 3, "test_per_class": 2},
-        "model": {"front": "image", "physical": [784, 144, 10], "activation": "sigmoid",
-                  "readout_scale": 10, "init_weight_range": 0.3},
-        "estimator": {"name": "physics_aware"},
-        "training": {"methods": ["sat"], "epochs": 1, "batch_size": 10, "lr_controls": 0.01,
-                     "rho": 0.1, "adaptive": False}})
+    config = freespace_config(tmp_path)
     run = tmp_path / "run"
     done = subprocess.run([SATLAB, "train", str(config), "--run-dir", str(run), "--quiet"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     summary = json.loads((run / "sat" / "summary.json").read_text())
-    assert summary["rig_queries"] == 3 * 2 * 2  # three steps, two layers, SAT's two passes
+    assert summary["rig_queries"] == 2 * 2 * 2  # two steps, two layers, SAT's two passes
     swept = subprocess.run([SATLAB, "evaluate", str(run), "--sweep", "shift_px=0,3"],
                            capture_output=True, text=True)
     assert swept.returncode == 0, swept.stderr
@@ -144,9 +119,9 @@ def test_sat_trains_the_displayed_weights_through_satlab_train(tmp_path):
     assert "BatchNorm running statistics" in swept.stdout  # BatchNorm between the layers
 
 
-def test_a_weight_beyond_one_is_refused_by_the_rig_not_clipped(opened):
-    _, layers = opened
-    w, x = weights_and_images(layers[1], 7)
+def test_a_weight_beyond_one_is_refused_by_the_rig_not_clipped(freespace_opened):
+    _, layers = freespace_opened
+    w, x = random_weights_and_images(layers[1], 7)
     w[5] = 1.2
     with pytest.raises(RigLimitError, match="within \\[0, 1\\]"):
         layers[1].query(x, w.numpy())

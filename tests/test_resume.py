@@ -6,21 +6,15 @@ import csv
 import json
 import shutil
 import signal
-import subprocess
-import time
 
 import torch
 import yaml
-from conftest import SATLAB, TWO_LAYER_RIG, tiny_config, write_yaml
+from conftest import TWO_LAYER_RIG, kill_at_first_checkpoint, tiny_config, write_yaml
+from conftest import train_process as train
 
 from satlab import checkpoint
 
 DETERMINISTIC = ["epoch", "step", "loss", "accuracy", "rig_queries"]
-
-
-def train(*args):
-    return subprocess.Popen([SATLAB, "train", *map(str, args), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def columns(path):
@@ -36,11 +30,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
     proc = train(path, "--run-dir", killed)
     ckpt = killed / "sat" / "checkpoint.pt"
-    deadline = time.monotonic() + 300
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_first_checkpoint(proc, ckpt)
     assert proc.returncode == -signal.SIGKILL
     state = checkpoint.load(ckpt)
     assert not state["done"] and not (killed / "sat" / "summary.json").exists()
