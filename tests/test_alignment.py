@@ -121,7 +121,7 @@ def test_the_ascent_stays_within_the_travel_and_spreads_over_knobs_by_their_radi
         assert eps[0] == 10.0  # 30 px asked, the stage travels 10
         expected = r**2 * layer.alignment_grad / np.linalg.norm(r * layer.alignment_grad)
         assert eps[1] == pytest.approx(expected[1]) and eps[1] < 0
-        assert np.linalg.norm(expected[:2] / r[:2]) == pytest.approx(1.0)  # on the ellipsoid's surface
+        assert np.linalg.norm(expected[:2] / r[:2]) == pytest.approx(1.0)  # on the ellipsoid
         assert eps[2] == 0.0  # zoom1 has no radius
         layer.alignment_grad = np.zeros(3)
         assert layer.alignment_ascent().tolist() == [0.0] * 3  # no slope, no move (never NaN)
