@@ -138,8 +138,8 @@ def rig_with(tmp_path, edit) -> str:
      "system.layers.0.alignment.0.positioner", "must be a positioner"),
     (lambda s: s["system"]["layers"][0]["alignment"][0].update(axis="tilt_deg"),
      "system.layers.0.alignment.0.axis", "expected one of rotation_deg, shift_px, scale"),
-    (lambda s: s["system"]["layers"][1].update(alignment=[{"positioner": "stage1", "axis": "shift_px",
-                                                            "step": 0.5}]),
+    (lambda s: s["system"]["layers"][1].update(
+        alignment=[{"positioner": "stage1", "axis": "shift_px", "step": 0.5}]),
      "system.layers", "one layer's display, not two"),
 ])
 def test_a_bad_knob_is_refused_before_anything_opens(tmp_path, edit, field, expected):

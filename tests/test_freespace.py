@@ -16,6 +16,7 @@ from satlab.rig import Rig, RigError, RigLimitError
 from satlab.rigfile import load_rig_file
 from satlab.validation import ConfigError
 
+
 def test_each_layer_computes_wx_over_the_input_light_and_equals_its_twin_bit_for_bit(freespace_opened):
     _, layers = freespace_opened
     assert [(l.in_features, l.out_features) for l in layers] == [(784, 144), (144, 10)]
