@@ -51,7 +51,8 @@ class IncoherentModel:
         """The displayed picture (rows·side, grid·side) of transmissions (tiles, side²)."""
         s, n = self.side, len(transmission)
         slots = F.pad(transmission, (0, 0, 0, self.rows * self.grid - n))  # empty slots dark
-        return slots.reshape(self.rows, self.grid, s, s).transpose(1, 2).reshape(self.rows * s, self.grid * s)
+        tiled = slots.reshape(self.rows, self.grid, s, s).transpose(1, 2)
+        return tiled.reshape(self.rows * s, self.grid * s)
 
     def tiles(self, picture: torch.Tensor, count: int) -> torch.Tensor:
         """What each of the first ``count`` tile places of a picture shows, (count, side²)."""
@@ -64,9 +65,10 @@ class IncoherentModel:
         """Light through each tile place (B, tiles) for transmissions (tiles, side²), the
         picture misaligned by named amounts (``NAMED``; scale as a change from 1)."""
         m = misalignment or {}
-        rotation, shift, scale = m.get("rotation_deg", 0.0), m.get("shift_px", 0.0), 1.0 + m.get("scale", 0.0)
-        if rotation or shift or scale != 1.0:
-            moved = optics.affine_resample(self.picture(transmission), math.radians(rotation), (shift, 0.0), scale)
+        rotation, shift, scale = m.get("rotation_deg", 0.0), m.get("shift_px", 0.0), m.get("scale", 0.0)
+        if rotation or shift or scale:
+            moved = optics.affine_resample(self.picture(transmission), math.radians(rotation),
+                                           (shift, 0.0), 1.0 + scale)
             transmission = self.tiles(moved, len(transmission))
         return x.reshape(len(x), -1) @ transmission.reshape(len(transmission), -1).T
 
@@ -132,7 +134,8 @@ class IncoherentBench(SeededNoise, AlignmentAxes):
         if name not in NAMED:
             raise KeyError(f"the incoherent bench has no imperfection {name!r}")
         if self.misaligns:
-            self.imperfections[name] = float(value) - (name == "scale")  # scale: as a change from 1
+            # kept as offsets from the aligned bench, like the stages' positions
+            self.imperfections[name] = float(value) - 1.0 if name == "scale" else float(value)
 
     def frames(self) -> torch.Tensor:
         """Counts (B, 1, tiles) for the loaded inputs."""
