@@ -29,6 +29,7 @@ PAPER = {
     "mask_rotation_deg": {0.0: (97.3, None), 1.0: (6.5, 96.5)},
     "shift_px": {-3.0: (45.0, 85.0), 3.0: (45.0, 85.0)},
     "rotation_deg": {-3.0: (53.0, 91.0), 3.0: (53.0, 91.0)},
+    "scale": {0.9: (10.0, 91.0), 1.1: (10.0, 91.0)},
 }
 
 
@@ -36,7 +37,9 @@ def train_seed(config: Path, seed: int, out: Path) -> Path:
     """One training run of ``config`` with ``seed``; returns its run directory."""
     cfg = load_config(config)
     data = yaml.safe_load(config.read_text())
-    data["rig"] = str(cfg.rig)  # the copy lives elsewhere: the rig by its absolute path
+    data["rig"] = str(cfg.rig)  # the copy lives elsewhere: paths made absolute
+    if cfg.data.data_dir is not None:
+        data["data"]["data_dir"] = str(cfg.data.data_dir)
     data.setdefault("training", {})["seed"] = seed
     copy = out / f"seed{seed}.yaml"
     copy.write_text(yaml.safe_dump(data, sort_keys=False))
