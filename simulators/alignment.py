@@ -27,6 +27,10 @@ class AlignmentAxes:
         """A stage on ``axis`` now sits at ``position``."""
         self.positions[axis] = float(position)
 
+    def with_stages(self, imperfections: dict[str, float]) -> dict[str, float]:
+        """The bench's deviations: its imperfections, each axis's moved by its stage."""
+        return {k: v + self.positions.get(k, 0.0) for k, v in imperfections.items()}
+
 
 class SimulatedStage(Positioner):
     """The stage (or mount) that moves one axis of a simulated bench."""

@@ -16,7 +16,7 @@ from satlab.simulators.d2nn import AXES, PRESETS, D2nnImperfections, D2nnModel
 from satlab.simulators.seeded_noise import SeededNoise
 
 from satlab.camera_readout import normalised_signals
-from satlab.instruments import Camera, InputModulator, PhaseModulator, Roi
+from satlab.instruments import Camera, PhaseModulator, Roi
 from satlab.phase_lut import PhaseLut
 from satlab.validation import OptionError, require_count, require_seconds
 
@@ -86,6 +86,11 @@ class D2nnBench(SeededNoise, AlignmentAxes):
         """Mask ``mask`` now shows ``phase`` (rad, device resolution)."""
         self.masks[mask] = torch.from_numpy(np.asarray(phase, dtype=float))
 
+    @property
+    def image_side(self) -> int:
+        """Side of the input digit, in pixels."""
+        return self.params.image
+
     def load(self, images: np.ndarray) -> None:
         """Digits (B, image²) in [0, 1] on the input modulator."""
         side = self.params.image
@@ -94,7 +99,7 @@ class D2nnBench(SeededNoise, AlignmentAxes):
     def frames(self, exposure_s: float) -> torch.Tensor:
         """One camera frame per loaded digit, counts (B, grid, grid)."""
         with torch.no_grad():
-            bench = {k: v + self.positions.get(k, 0.0) for k, v in self.imperfections.items()}
+            bench = self.with_stages(self.imperfections)
             images = self.images
             if bench["input_intensity_std"]:  # each input pixel's light, fluctuating frame by frame
                 noise = torch.randn(images.shape, generator=self.generator, dtype=images.dtype)
@@ -157,25 +162,6 @@ class SimulatedSlm(PhaseModulator):
     def _write_gray(self, gray: np.ndarray) -> None:
         """The bench's mask becomes the phase these levels show."""
         self.bench.show(self.mask, self.lut.to_phase(gray))
-
-
-class SimulatedImageInput(InputModulator):
-    """The bench's input modulator: digits as intensity images."""
-
-    full_scale_W = 1.0
-
-    def __init__(self, resource: D2nnBench) -> None:
-        self.bench = resource
-        self.channels = resource.params.image**2
-
-    def identify(self) -> str:
-        """Name and size."""
-        side = self.bench.params.image
-        return f"simulated image input, {side}x{side}"
-
-    def load(self, values: np.ndarray) -> None:
-        """Show a batch of images (B, image²) in [0, 1]."""
-        self.bench.load(values)
 
 
 class SimulatedCamera(Camera):

@@ -28,7 +28,6 @@ from satlab.camera_readout import referenced_signals, shown_as_transmissions
 from satlab.instruments import Camera, InputModulator, Roi
 from satlab.validation import OptionError, require_count
 
-
 # The free-space system's named imperfections (also the bench's alignment axes), their units
 NAMED = {"rotation_deg": "deg", "shift_px": "px", "scale": "x"}
 
@@ -125,6 +124,15 @@ class IncoherentBench(SeededNoise, AlignmentAxes):
         self.reset_imperfections()
         self.home_axes()
 
+    @property
+    def image_side(self) -> int:
+        """Side of the input image, in pixels."""
+        return self.model.side
+
+    def load(self, images: np.ndarray) -> None:
+        """Input images (B, side²) in [0, 1], fanned out onto every tile."""
+        self.inputs = torch.from_numpy(np.asarray(images, dtype=float))
+
     def reset_imperfections(self) -> None:
         """Aligned, as in the rig file."""
         self.imperfections = dict.fromkeys(NAMED, 0.0)
@@ -139,8 +147,7 @@ class IncoherentBench(SeededNoise, AlignmentAxes):
 
     def frames(self) -> torch.Tensor:
         """Counts (B, 1, tiles) for the loaded inputs."""
-        misalignment = {k: v + self.positions[k] for k, v in self.imperfections.items()}
-        sums = self.model.tile_sums(self.inputs, self.transmission, misalignment)
+        sums = self.model.tile_sums(self.inputs, self.transmission, self.with_stages(self.imperfections))
         return self.camera.counts(sums, self.generator)
 
 
@@ -182,24 +189,6 @@ class WeightDisplay(InputModulator):
         """Show one picture (1, tiles·side²) of transmissions."""
         self.bench.transmission = torch.from_numpy(np.asarray(values, dtype=float)).reshape(
             self.bench.transmission.shape)
-
-
-class ImageDisplay(InputModulator):
-    """The bench's input display: a batch of images (B, side²) in [0, 1]."""
-
-    full_scale_W = 1.0
-
-    def __init__(self, resource: IncoherentBench) -> None:
-        self.bench = resource
-        self.channels = resource.model.side**2
-
-    def identify(self) -> str:
-        """Name and size."""
-        return f"simulated image display, {self.bench.model.side}x{self.bench.model.side}"
-
-    def load(self, values: np.ndarray) -> None:
-        """Show a batch of images."""
-        self.bench.inputs = torch.from_numpy(np.asarray(values, dtype=float))
 
 
 class TileCamera(Camera):

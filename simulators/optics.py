@@ -93,7 +93,9 @@ def slm_pixels(phase: torch.Tensor, upsample: int, fill_factor: float = 1.0,
     phase across pixel edges with a Gaussian of ``fringing_px`` grid pixels. Returns the
     complex transmission (..., H·upsample, W·upsample).
     """
-    fine = phase.repeat_interleave(upsample, -2).repeat_interleave(upsample, -1)
+    fine = phase  # one grid pixel per device pixel: no copy on the D2NN's hot path
+    if upsample > 1:
+        fine = phase.repeat_interleave(upsample, -2).repeat_interleave(upsample, -1)
     if fringing_px > 0:
         fine = _gaussian_blur(fine, fringing_px)
     transmission = torch.polar(torch.ones_like(fine), fine)

@@ -131,8 +131,8 @@ class LayerBackend(ABC):
         self.alignment = np.zeros(0)
 
     def attach_knobs(self, rig: Rig, specs: list[AlignmentKnobSpec]) -> None:
-        """Take the knobs of the rig file and move them to the aligned position."""
-        self.rig = rig
+        """Take the knobs of the rig file and move them to the aligned position (through
+        ``self.rig``, which the backend has set)."""
         self.knobs = tuple(AlignmentKnob(k.positioner, k.axis, k.step, rig.instruments[k.positioner].travel)
                            for k in specs)
         self.alignment = np.full(len(self.knobs), np.nan)
