@@ -55,6 +55,21 @@ def test_single_precision_keeps_outputs_and_the_first_masks_gradient(inputs):
     assert float(F.cosine_similarity(grads[0], grads[1], dim=0)) > 0.9999
 
 
+def test_a_batch_split_into_chunks_gives_each_image_its_own_answer():
+    # 20 images span three chunks of the model's batch loop; a chunk that mixed or
+    # reordered images would differ from the image computed alone
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(20, 64, 64, generator=gen, dtype=torch.float64)
+    masks = (torch.rand(2, 128, 128, generator=gen, dtype=torch.float64) * 2 * math.pi).requires_grad_(True)
+    model = D2nnModel()
+    batch = model.intensity(images, masks)
+    alone = torch.cat([model.intensity(image[None], masks) for image in images])
+    torch.testing.assert_close(batch, alone, rtol=1e-12, atol=0)
+    grad_batch, = torch.autograd.grad(batch.square().sum(), masks)
+    grad_alone, = torch.autograd.grad(alone.square().sum(), masks)
+    torch.testing.assert_close(grad_batch, grad_alone, rtol=1e-9, atol=1e-12)
+
+
 def test_misalignment_changes_the_answer_and_none_changes_nothing(inputs):
     images, masks = inputs
     model = D2nnModel()
