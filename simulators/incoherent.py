@@ -35,29 +35,36 @@ NAMED = {"rotation_deg": "deg", "shift_px": "px", "scale": "x"}
 class IncoherentModel:
     """Tile sums of one layer: inputs (B, side²), weights (out, side²) in [-1, 1].
 
-    The display shows the tiles (the outputs' and the reference) as one picture, row by
-    row on a grid ``grid`` tiles wide; a misaligned display moves the whole picture about
-    its centre, so a rotation or a magnification moves outer tiles further than central
-    ones, and light of one tile's weights can fall on its neighbour's place.
+    The display shows the tiles (the outputs' and the reference) as one picture on a grid
+    ``grid`` tiles wide: the reference in the middle, the outputs row by row around it. A
+    misaligned display moves the whole picture about its centre, so a rotation or a
+    magnification moves outer tiles further than central ones, and light of one tile's
+    weights can fall on its neighbour's place. Every output is read against the
+    reference: at a corner, a rotation one way or a shrinking picture would take it off
+    the picture, and no weights could make up for that.
     """
 
     def __init__(self, side: int, outputs: int) -> None:
         self.side, self.outputs = side, outputs
         self.grid = math.ceil(math.sqrt(outputs + 1))  # tiles per row of the picture
         self.rows = math.ceil((outputs + 1) / self.grid)
+        middle = self.rows // 2 * self.grid + self.grid // 2
+        around = [slot for slot in range(self.rows * self.grid) if slot != middle]
+        self.slots = torch.tensor(around[:outputs] + [middle])  # each tile's place, the reference last
 
     def picture(self, transmission: torch.Tensor) -> torch.Tensor:
         """The displayed picture (rows·side, grid·side) of transmissions (tiles, side²)."""
-        s, n = self.side, len(transmission)
-        slots = F.pad(transmission, (0, 0, 0, self.rows * self.grid - n))  # empty slots dark
+        s = self.side
+        slots = transmission.new_zeros(self.rows * self.grid, s * s)  # empty slots dark
+        slots = slots.index_copy(0, self.slots[:len(transmission)], transmission)
         tiled = slots.reshape(self.rows, self.grid, s, s).transpose(1, 2)
         return tiled.reshape(self.rows * s, self.grid * s)
 
     def tiles(self, picture: torch.Tensor, count: int) -> torch.Tensor:
-        """What each of the first ``count`` tile places of a picture shows, (count, side²)."""
+        """What each of the first ``count`` tiles' places of a picture shows, (count, side²)."""
         s = self.side
         slots = picture.reshape(self.rows, s, self.grid, s).transpose(1, 2).reshape(-1, s * s)
-        return slots[:count]
+        return slots[self.slots[:count]]
 
     def tile_sums(self, x: torch.Tensor, transmission: torch.Tensor,
                   misalignment: dict[str, float] | None = None) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 
 import numpy as np
@@ -13,6 +14,8 @@ from conftest import FREESPACE_RIG as RIG_FILE
 from conftest import SATLAB, freespace_config, random_weights_and_images, write_yaml
 
 from satlab.rig import Rig, RigError, RigLimitError
+from satlab.simulators import optics
+from satlab.simulators.incoherent import IncoherentModel
 from satlab.rigfile import load_rig_file
 from satlab.validation import ConfigError
 
@@ -40,12 +43,14 @@ def test_a_shifted_display_moves_the_whole_picture_down_into_the_neighbouring_ti
     rig.set_imperfection("shift_px", 2.0)
     measured = layer.query(x, w.numpy())
     tiles = np.concatenate([(w.reshape(10, 12, 12).numpy() + 1) / 2, np.full((1, 12, 12), 0.5)])
+    # the reference in the middle place (row 1, column 2), the outputs row by row around it
+    places = [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 6]
     picture = np.zeros((3 * 12, 4 * 12))
-    for k, tile in enumerate(tiles):
+    for k, tile in zip(places, tiles):
         picture[k // 4 * 12:(k // 4 + 1) * 12, k % 4 * 12:(k % 4 + 1) * 12] = tile
     moved = np.zeros_like(picture)
     moved[2:] = picture[:-2]  # two rows down, nothing shown above
-    shown = np.stack([moved[k // 4 * 12:(k // 4 + 1) * 12, k % 4 * 12:(k % 4 + 1) * 12] for k in range(11)])
+    shown = np.stack([moved[k // 4 * 12:(k // 4 + 1) * 12, k % 4 * 12:(k % 4 + 1) * 12] for k in places])
     sums = x.numpy().reshape(-1, 144) @ shown.reshape(11, -1).T
     expected = (sums[:, :-1] - sums[:, -1:]) / sums[:, -1:]
     np.testing.assert_allclose(measured, expected, atol=2e-3)
@@ -60,8 +65,24 @@ def test_a_rotated_display_moves_outer_tiles_further_than_central_ones(freespace
     aligned = layer.query(x, w.numpy())
     rig.set_imperfection("rotation_deg", 3.0)
     change = np.abs(layer.query(x, w.numpy()) - aligned).mean(0)
-    # tiles 5 and 6 sit beside the picture's centre, tiles 0, 3 and 8 at its corners
-    assert change[[0, 3, 8]].min() > 2 * change[[5, 6]].max()
+    # output 5 sits beside the picture's centre (with the reference), outputs 0, 3 and 7
+    # at its corners (places 0, 3 and 8)
+    assert change[[0, 3, 7]].min() > 2 * change[5]
+
+
+@pytest.mark.parametrize("misalignment", [{"rotation_deg": 3.0}, {"rotation_deg": -3.0},
+                                          {"scale": -0.1}, {"scale": 0.1}])
+def test_the_reference_tile_stays_on_its_place_when_the_picture_turns_or_shrinks(misalignment):
+    # every output is read against the reference tile; fc1's picture is 13 x 12 tiles
+    model = IncoherentModel(28, 144)
+    transmission = torch.ones(145, 28 * 28, dtype=torch.float64)
+    transmission[-1] = 0.5  # the reference, among outputs at full transmission
+    moved = optics.affine_resample(model.picture(transmission), math.radians(misalignment.get("rotation_deg", 0.0)),
+                                   scale=1.0 + misalignment.get("scale", 0.0))
+    reference = model.tiles(moved, 145)[-1]
+    # its place shows mostly the reference (0.5): neither dark (off the picture) nor the
+    # outputs (1.0); at a corner of the picture it would read about 0.26 or 0.74 at ∓3°
+    assert 0.45 < float(reference.mean()) < 0.62
 
 
 @pytest.mark.parametrize("name, value", [("rotation_deg", 3.0), ("scale", 1.1)])
