@@ -11,11 +11,11 @@ straightforward float64 outputs, and the cosine between each variant's gradient 
 the first mask and the straightforward float64 one. Peak memory of each variant is
 measured in a fresh process (``--memory``) so the variants do not share an allocator.
 
-Both variants run in the process satlab trains in (``prepare_for_training``). There a
+All variants run in the process satlab trains in (``prepare_for_training``). There a
 whole batch's field (52 MB at complex128) is above glibc's mmap threshold, so each
 operation on it maps fresh pages and faults them in; the straightforward code pays that
 on every operation, satlab's model avoids it by going a few images at a time.
-``--no-mmap`` serves every block from the retained heap instead, for both: the
+``--no-mmap`` serves every block from the retained heap instead, for all of them: the
 straightforward code's best case, which leaves the arithmetic alone.
 
 Usage: python benchmarks/d2nn_speed.py [--batch 200] [--repeats 3] [--memory] [--no-mmap]
