@@ -19,7 +19,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from satlab.simulators import optics
 from satlab.simulators.alignment import AlignmentAxes
 from satlab.simulators.seeded_noise import SeededNoise
@@ -56,7 +55,7 @@ class IncoherentModel:
         """The displayed picture (rows·side, grid·side) of transmissions (tiles, side²)."""
         s = self.side
         slots = transmission.new_zeros(self.rows * self.grid, s * s)  # empty slots dark
-        slots = slots.index_copy(0, self.slots[:len(transmission)], transmission)
+        slots = slots.index_copy(0, self.slots[:len(transmission)].to(slots.device), transmission)
         tiled = slots.reshape(self.rows, self.grid, s, s).transpose(1, 2)
         return tiled.reshape(self.rows * s, self.grid * s)
 
