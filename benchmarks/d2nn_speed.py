@@ -123,9 +123,12 @@ def peak_memory(name: str, size: int, no_mmap: bool) -> float:
     return int(out.stdout.strip().splitlines()[-1]) / 1e6
 
 
+_M_MMAP_MAX = -4  # mallopt parameter, <malloc.h>
+
+
 def serve_all_blocks_from_heap() -> None:
-    """glibc: no mmap for large blocks (M_MMAP_MAX = 0), so freed memory is reused."""
-    ctypes.CDLL("libc.so.6").mallopt(-4, 0)
+    """glibc: no block served by mmap, so freed memory is reused."""
+    ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_MAX, 0)
 
 
 def main() -> None:

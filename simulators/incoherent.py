@@ -49,13 +49,13 @@ class IncoherentModel:
         self.rows = math.ceil((outputs + 1) / self.grid)
         middle = self.rows // 2 * self.grid + self.grid // 2
         around = [slot for slot in range(self.rows * self.grid) if slot != middle]
-        self.slots = torch.tensor(around[:outputs] + [middle])  # each tile's place, the reference last
+        self.places = torch.tensor(around[:outputs] + [middle])  # each tile's slot, the reference last
 
     def picture(self, transmission: torch.Tensor) -> torch.Tensor:
         """The displayed picture (rows·side, grid·side) of transmissions (tiles, side²)."""
         s = self.side
         slots = transmission.new_zeros(self.rows * self.grid, s * s)  # empty slots dark
-        slots = slots.index_copy(0, self.slots[:len(transmission)].to(slots.device), transmission)
+        slots = slots.index_copy(0, self.places[:len(transmission)].to(slots.device), transmission)
         tiled = slots.reshape(self.rows, self.grid, s, s).transpose(1, 2)
         return tiled.reshape(self.rows * s, self.grid * s)
 
@@ -63,7 +63,7 @@ class IncoherentModel:
         """What each of the first ``count`` tiles' places of a picture shows, (count, side²)."""
         s = self.side
         slots = picture.reshape(self.rows, s, self.grid, s).transpose(1, 2).reshape(-1, s * s)
-        return slots[self.slots[:count]]
+        return slots[self.places[:count]]
 
     def tile_sums(self, x: torch.Tensor, transmission: torch.Tensor,
                   misalignment: dict[str, float] | None = None) -> torch.Tensor:
