@@ -263,19 +263,22 @@ def cmd_rig_check(args: argparse.Namespace) -> int:
     spec = load_rig_file(args.rig_file)
     with Rig(spec, args.rig_file) as rig:
         for name, dev in rig.instruments.items():
-            line = f"{name:<16} {dev.kind:<16} {dev.identify()}"
-            if isinstance(dev, CurrentSource):
-                currents = dev.get_currents()
-                line += f" | {dev.channels} ch, max applied {currents.max(initial=0) * 1e3:.3f} mA"
-            elif isinstance(dev, Photodetector):
-                reading = dev.read()
-                line += f" | {dev.channels} ch, reading range [{reading.min():.3g}, {reading.max():.3g}] W"
-            elif isinstance(dev, Camera):
-                shot = dev.acquire()
-                line += (f" | {dev.roi.width}x{dev.roi.height} px ROI, {dev.bit_depth}-bit, "
-                         f"max {shot.counts.max()} counts{' SATURATED' if shot.saturated.any() else ''}")
-            elif isinstance(dev, Positioner):
-                line += f" | at {dev.position():g} {dev.unit}"
+            with rig.named(name, "(checking)"):
+                line = f"{name:<16} {dev.kind:<16} {rig.identities[name]}"
+                if isinstance(dev, CurrentSource):
+                    currents = dev.get_currents()
+                    line += f" | {dev.channels} ch, max applied {currents.max(initial=0) * 1e3:.3f} mA"
+                elif isinstance(dev, Photodetector):
+                    reading = dev.read()
+                    line += f" | {dev.channels} ch, reading range [{reading.min():.3g}, {reading.max():.3g}] W"
+                elif isinstance(dev, Camera):
+                    shot = dev.acquire()
+                    line += (f" | {dev.roi.width}x{dev.roi.height} px ROI, {dev.bit_depth}-bit, "
+                             f"max {shot.counts.max()} counts{' SATURATED' if shot.saturated.any() else ''}")
+                elif isinstance(dev, Positioner):
+                    line += f" | at {dev.position():g} {dev.unit}"
+            if dev.wire is not None:
+                line += f" | {dev.wire}"
             print(line)
     print(f"{spec.name}: {len(spec.instruments)} instruments OK, all left in their safe state")
     return 0
@@ -334,9 +337,17 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     """Serve an emulated instrument on a new pty until Ctrl-C."""
     from satlab import registry
 
-    emulator = registry.lookup(f"emulated.{args.instrument}")(modules=args.modules)
+    for option in ("baud", "latency_ms", "latency_timer_ms"):
+        if not getattr(args, option) >= 0:
+            raise ConfigError(f"--{option.replace('_', '-')}", "", "expected a number >= 0, got "
+                                                                  f"{getattr(args, option)!r}")
+    emulator = registry.lookup(f"emulated.{args.instrument}")(
+        modules=args.modules, baud_rate=args.baud or None, reply_latency_s=args.latency_ms * 1e-3,
+        latency_timer_s=args.latency_timer_ms * 1e-3)
     port = emulator.start()
-    print(f"emulated {args.instrument} ({emulator.channels} channels) on {port}\n"
+    pacing = (f"paced at {args.baud} baud, {args.latency_ms:g} ms firmware latency, "
+              f"{args.latency_timer_ms:g} ms USB latency timer" if args.baud else "unpaced")
+    print(f"emulated {args.instrument} ({emulator.channels} channels, {pacing}) on {port}\n"
           f"in a rig file:  driver: qontrol.{args.instrument}   address: {port}\n"
           "Ctrl-C stops it", flush=True)
     try:
@@ -440,6 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("instrument", choices=["q8iv"], help="q8iv: a Qontrol Q8iv heater driver")
     em.add_argument("--modules", type=_positive_int, default=1,
                     help="modules in the daisy chain, 8 channels each (default 1)")
+    em.add_argument("--baud", type=int, default=115200,
+                    help="pace the line at this baud rate, 10 bits a byte (default 115200, the "
+                         "Q8iv's; 0: unpaced, as fast as the pty goes)")
+    em.add_argument("--latency-ms", type=float, default=1.0,
+                    help="the firmware's delay before each reply (default 1 ms: the fastest "
+                         "recorded replies of a real Q8iv took 2 ms, bytes included)")
+    em.add_argument("--latency-timer-ms", type=float, default=16.0,
+                    help="a USB-serial adapter's latency timer: replies reach the host at its "
+                         "next tick (default 16 ms, the period of the saw-tooth in the vendor's "
+                         "recorded reply delays; 0: none)")
     em.set_defaults(func=cmd_emulate)
     return p
 

@@ -22,13 +22,50 @@ class InstrumentFault(RuntimeError):
     def __init__(self, instrument: str, command: str, reply: str, transient: bool = False) -> None:
         self.instrument, self.command, self.reply = instrument, command, reply
         self.transient = transient  # a lost or garbled reply: asking again may succeed
-        super().__init__(f"{instrument}: {command!r} -> {reply}")
+        self.role: str | None = None  # the rig file's name for the instrument, set by the rig
+        super().__init__(instrument, command, reply)
+
+    def __str__(self) -> str:
+        where = f"{self.role}: " if self.role else ""
+        return f"{where}{self.instrument}: {self.command!r} -> {self.reply}"
+
+
+@dataclass
+class WireTime:
+    """Time an instrument's line has taken: writes (each with its read-back) and reads."""
+
+    writes: int = 0
+    write_s: float = 0.0
+    reads: int = 0
+    read_s: float = 0.0
+
+    def add(self, kind: str, seconds: float) -> None:
+        """Count one ``"write"`` or ``"read"`` that took ``seconds``."""
+        if kind == "write":
+            self.writes, self.write_s = self.writes + 1, self.write_s + seconds
+        else:
+            self.reads, self.read_s = self.reads + 1, self.read_s + seconds
+
+    def __sub__(self, earlier: WireTime) -> WireTime:
+        return WireTime(self.writes - earlier.writes, self.write_s - earlier.write_s,
+                        self.reads - earlier.reads, self.read_s - earlier.read_s)
+
+    def summary(self) -> dict[str, float]:
+        """Counts and milliseconds per write and per read, for a run's summary."""
+        return {"writes": self.writes, "ms_per_write": round(1e3 * self.write_s / max(self.writes, 1), 3),
+                "reads": self.reads, "ms_per_read": round(1e3 * self.read_s / max(self.reads, 1), 3)}
+
+    def __str__(self) -> str:
+        s = self.summary()
+        return (f"wire {s['ms_per_write']:.2f} ms per write ({self.writes}), "
+                f"{s['ms_per_read']:.2f} ms per read ({self.reads})")
 
 
 class Instrument(ABC):
     """Anything a rig file can name: identifies itself and has a safe state."""
 
     kind: ClassVar[str] = "instrument"
+    wire: WireTime | None = None  # drivers on a real line measure it
 
     @abstractmethod
     def identify(self) -> str:

@@ -7,7 +7,9 @@ import math
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,9 +22,11 @@ from satlab.instruments import (
     CurrentSource,
     InputModulator,
     Instrument,
+    InstrumentFault,
     PhaseModulator,
     Photodetector,
     Positioner,
+    WireTime,
 )
 from satlab.rigfile import InstrumentSpec, Limits, RigSpec, load_rig_file
 from satlab.systems import system_for
@@ -178,6 +182,9 @@ class Rig:
         self._quiet_until = 0.0  # no write before this: a detector is still integrating
         self._old_sigterm: Any = None
         self.unsafe: dict[str, str] = {}  # after closing: instruments whose safe state failed
+        self.faulted: dict[str, InstrumentFault] = {}  # no writes to these until reopened
+        self.identities: dict[str, str] = {}
+        self._closing = False
 
     @classmethod
     def from_file(cls, path: str | Path) -> Rig:
@@ -207,11 +214,14 @@ class Rig:
         for name, res in self.spec.resources.items():
             self.resources[name] = registry.lookup(res.driver)(**res.options)
         for name, inst in self.spec.instruments.items():
-            self.instruments[name] = self._build(name, inst)
-            self._log(name, "open", self.instruments[name].identify())
+            with self.named(name, "(opening)"):
+                self.instruments[name] = self._build(name, inst)
+                self.identities[name] = self.instruments[name].identify()
+            self._log(name, "open", self.identities[name])
         for name, inst in self.spec.instruments.items():
             dev = self.instruments[name]
             if isinstance(dev, CurrentSource):
+                self._check_full_scale(name, inst.limits, dev)
                 self.guards[name] = CurrentGuard(name, inst.limits, dev.channels, dev.max_current,
                                                  self.path)
         if self.spec.system is not None:
@@ -220,12 +230,38 @@ class Rig:
             if isinstance(dev, CurrentSource):
                 # Enabling an output applies its setpoint: bring the setpoint to zero
                 # through the guard first (ramped from what is flowing now).
-                self.applied[name] = np.asarray(dev.get_currents(), dtype=float)
+                with self.named(name, "get_currents"):
+                    self.applied[name] = np.asarray(dev.get_currents(), dtype=float)
                 self._apply_ramped(name, np.zeros(dev.channels))
                 # after the ramp: a lower firmware limit would refuse its first steps
-                dev.apply_limits(self.guards[name].max_current)
-                dev.set_output(True)
+                with self.named(name, "apply_limits"):
+                    dev.apply_limits(self.guards[name].max_current)
+                    dev.set_output(True)
                 self._log(name, "set_output", True)
+
+    def _check_full_scale(self, name: str, limits: Limits, dev: CurrentSource) -> None:
+        """A rig file asking for more than the instrument can source describes another one."""
+        highest = max(limits.max_current)
+        if highest > dev.max_current * (1 + 1e-9):
+            raise RigError(f"{self.path}: instruments.{name}.limits.max_current: {highest:g} A is "
+                           f"above the full scale of {self.identities[name]} ({dev.max_current:g} A)")
+
+    @contextmanager
+    def named(self, name: str, action: str = "") -> Iterator[None]:
+        """Faults raised inside are instrument ``name``'s: their message starts with the rig
+        file's name for it, and nothing is written to it again until the rig is reopened."""
+        try:
+            yield
+        except InstrumentFault as fault:
+            fault.role = fault.role or name
+            self.faulted.setdefault(name, fault)
+            raise
+        except OSError as exc:  # a driver or simulator that reports a lost line as it comes
+            fault = InstrumentFault(self.identities.get(name, self.spec.instruments[name].driver),
+                                    action, f"{type(exc).__name__}: {exc}")
+            fault.role = name
+            self.faulted.setdefault(name, fault)
+            raise fault from exc
 
     def _build(self, name: str, inst: InstrumentSpec) -> Instrument:
         cls = registry.lookup(inst.driver)
@@ -243,6 +279,7 @@ class Rig:
         """
         deferred: list[BaseException] = []
         self.unsafe = {}
+        self._closing = True
         held = self._defer_signals(deferred)
         try:
             for name, dev in self.instruments.items():
@@ -252,9 +289,12 @@ class Rig:
                     try:
                         self._apply_ramped(name, np.zeros(dev.channels))
                     except BaseException as exc:
-                        log.warning("%s: ramp to zero failed (%s); its safe state follows", name, exc)
+                        log.info("%s: ramp to zero failed (%s); its safe state follows", name, exc)
                 try:
-                    dev.safe_state()
+                    with self.named(name, "safe_state"):
+                        dev.safe_state()
+                except InstrumentFault as fault:
+                    self.unsafe[name] = f"{fault.instrument}: {fault.command!r} -> {fault.reply}"
                 except BaseException as exc:
                     self.unsafe[name] = f"{type(exc).__name__}: {exc}"
                 if isinstance(dev, CurrentSource) and name not in self.unsafe:
@@ -269,7 +309,9 @@ class Rig:
             self.instruments.clear()
             self.resources.clear()
             self.applied.clear()
+            self.faulted.clear()
         finally:
+            self._closing = False
             for signum, handler in held.items():
                 signal.signal(signum, handler)
             self._restore_sigterm()
@@ -279,6 +321,10 @@ class Rig:
         """Read back a source after its safe state: only zero current counts as safe."""
         try:
             flowing = float(np.max(np.abs(dev.get_currents()), initial=0.0))
+        except InstrumentFault as fault:
+            self.unsafe[name] = (f"no read-back after the safe state ({fault.instrument}: "
+                                 f"{fault.command!r} -> {fault.reply})")
+            return
         except BaseException as exc:
             self.unsafe[name] = f"no read-back after the safe state ({type(exc).__name__}: {exc})"
             return
@@ -326,12 +372,20 @@ class Rig:
         if wait:
             self._ready_at = max(self._ready_at, time.perf_counter() + wait)
 
+    def _writable(self, name: str) -> None:
+        """RigError for an instrument that faulted: only the way to its safe state writes."""
+        if name in self.faulted and not self._closing:
+            raise RigError(f"{name}: nothing more is written to it after its fault "
+                           f"({self.faulted[name]}); the rig must be reopened")
+
     def _apply_ramped(self, name: str, target: np.ndarray) -> None:
+        self._writable(name)
         dev: CurrentSource = self.instruments[name]  # type: ignore[assignment]
         for value in self.guards[name].ramp(self.applied[name], target):
             # a ramp's steps are spaced by the settle time; no write disturbs an integration
             wait_until(max(self._ready_at, self._quiet_until))
-            dev.set_currents(value)
+            with self.named(name, "set_currents"):
+                dev.set_currents(value)
             self.applied[name] = value
             self.writes += 1
             self._log(name, "set_currents", value)
@@ -351,14 +405,18 @@ class Rig:
         values = np.asarray(values, dtype=float)
         if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 1:
             raise RigLimitError(f"{name}: input values must be finite and within [0, 1]")
+        self._writable(name)
         wait_until(self._quiet_until)
-        self.instruments[name].load(values)  # type: ignore[attr-defined]
+        with self.named(name, "load"):
+            self.instruments[name].load(values)  # type: ignore[attr-defined]
         self._settled_after(name)
 
     def show_phase(self, name: str, phase: np.ndarray) -> np.ndarray:
         """Show a phase mask (rad) on an SLM; readings wait its settle_time. Returns the gray levels."""
+        self._writable(name)
         wait_until(self._quiet_until)
-        gray = self._typed(name, PhaseModulator).show_phase(phase)
+        with self.named(name, "show_phase"):
+            gray = self._typed(name, PhaseModulator).show_phase(phase)
         self._log(name, "show_phase", gray)
         self._settled_after(name)
         return gray
@@ -366,9 +424,11 @@ class Rig:
     def move(self, name: str, position: float) -> None:
         """Move an alignment axis; readings wait its settle_time. Outside its travel: RigLimitError."""
         dev = self._typed(name, Positioner)
+        self._writable(name)
         wait_until(self._quiet_until)
         try:
-            dev.move_to(position)
+            with self.named(name, "move_to"):
+                dev.move_to(position)
         except ValueError as exc:
             raise RigLimitError(f"{name}: {exc}") from None
         self._log(name, "move_to", position)
@@ -379,7 +439,8 @@ class Rig:
         from the start, is its exposure: the next write waits until it has passed."""
         wait_until(max(self._ready_at, self._quiet_until))
         start = time.perf_counter()
-        shot = self._typed(name, Camera).acquire(frames)
+        with self.named(name, "acquire"):
+            shot = self._typed(name, Camera).acquire(frames)
         self._quiet_until = start + self.settle_times[name]
         return shot
 
@@ -392,7 +453,8 @@ class Rig:
         """
         wait_until(max(self._ready_at, self._quiet_until))
         start = time.perf_counter()
-        reading = self.instruments[name].read()  # type: ignore[attr-defined]
+        with self.named(name, "read"):
+            reading = self.instruments[name].read()  # type: ignore[attr-defined]
         self._quiet_until = start + self.settle_times[name]
         return reading
 
@@ -432,7 +494,9 @@ class Rig:
 
     def _measure_stacked(self, source: str, checked: np.ndarray, detector: str) -> np.ndarray:
         dev: CurrentSource = self.instruments[source]  # type: ignore[assignment]
-        dev.set_current_stack(checked)
+        self._writable(source)
+        with self.named(source, "set_current_stack"):
+            dev.set_current_stack(checked)
         self.applied[source] = checked[-1]
         self.writes += len(checked)
         self._log(source, "set_current_stack", checked)  # rows applied in order, the last stays
@@ -457,6 +521,11 @@ class Rig:
         for bench in self.resources.values():
             if hasattr(bench, "reset_imperfections"):
                 bench.reset_imperfections()
+
+    def wire_times(self) -> dict[str, WireTime]:
+        """A copy of the line time measured so far by every instrument that measures it."""
+        return {name: replace(dev.wire) for name, dev in self.instruments.items()
+                if dev.wire is not None}
 
     def state_dict(self) -> dict:
         """Internal state of simulated resources (e.g. noise RNG), for exact resume."""

@@ -165,6 +165,7 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
     ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.csv"
     tr = build_trainee(cfg, rig, method)
     t = cfg.training
+    wire_start = rig.wire_times()
     epoch, start_step, rows, wall0 = 0, 0, 0, 0.0
     rig.load_state_dict(rig_start)
     if checkpoint.exists(ckpt_path):
@@ -226,6 +227,8 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
         "wall_seconds": round(wall(), 3),
         "controls": control_stats(tr),
     }
+    if wire := {n: (w - wire_start[n]).summary() for n, w in rig.wire_times().items()}:
+        summary["wire"] = wire  # measured by the drivers: this process's training of the method
     summary.update(evaluate_trainee(cfg, tr, rig, data, parse_range(cfg.evaluation.drift), progress))
     (out / "summary.json").write_text(strict_json.dumps(summary))
     return summary

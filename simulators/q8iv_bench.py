@@ -14,7 +14,7 @@ import math
 from satlab.simulators.mrr_bank import MrrBench
 from satlab.simulators.q8iv_emulator import CHANNELS_PER_MODULE, Q8ivEmulator
 
-from satlab.validation import OptionError
+from satlab.validation import OptionError, require_count
 
 
 class Q8ivMrrBench(MrrBench):
@@ -22,11 +22,14 @@ class Q8ivMrrBench(MrrBench):
 
     def __init__(self, rows: int, cols: int, preset: str = "paper_system1", seed: int = 0,
                  noise_seed: int | None = None, modules: int | None = None,
-                 drop_after_commands: int | None = None, **overrides) -> None:
+                 drop_after_commands: int | None = None, baud_rate: int | None = None,
+                 reply_latency_s: float = 0.0, latency_timer_s: float = 0.0, **overrides) -> None:
         super().__init__(rows, cols, preset, seed, noise_seed, **overrides)
         self.emulator = Q8ivEmulator(modules=modules or _modules_for(rows * cols),
                                      heater_ohm=self.model.params.heater_resistance_ohm,
-                                     full_scale_mA=self.model.params.max_current_A * 1e3)
+                                     full_scale_mA=self.model.params.max_current_A * 1e3,
+                                     baud_rate=baud_rate, reply_latency_s=reply_latency_s,
+                                     latency_timer_s=latency_timer_s)
         self.emulator.drop_after_commands = drop_after_commands
         self.emulator.on_change = self._heater_changed
         self.port = self.emulator.start()
@@ -34,9 +37,15 @@ class Q8ivMrrBench(MrrBench):
     @staticmethod
     def check_options(rows: int, cols: int, modules: int | None = None,
                       drop_after_commands: int | None = None, noise_seed: int | None = None,
-                      **options) -> None:
+                      baud_rate: int | None = None, reply_latency_s: float = 0.0,
+                      latency_timer_s: float = 0.0, **options) -> None:
         """Validate rig-file options without building a bench."""
         MrrBench.check_options(noise_seed=noise_seed, rows=rows, cols=cols, **options)
+        if baud_rate is not None:
+            require_count("baud_rate", baud_rate, 1)
+        for name, value in (("reply_latency_s", reply_latency_s), ("latency_timer_s", latency_timer_s)):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+                raise OptionError(name, f"expected seconds in [0, 1], got {value!r}")
         if modules is not None and not (isinstance(modules, int) and not isinstance(modules, bool)
                                         and modules * CHANNELS_PER_MODULE >= rows * cols):
             raise OptionError("modules", f"expected an integer with 8 x modules >= rows x cols = "

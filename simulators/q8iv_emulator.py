@@ -1,17 +1,30 @@
 """A Qontrol Q8iv-class heater driver on a pseudo-terminal: a real OS serial port.
 
-The emulator speaks the driver's line protocol (115200 8N1 on hardware; ``\\n``
-terminated ASCII) so that satlab's Q8iv driver runs through pyserial exactly as it
-would on a /dev/ttyUSB port. Each module of the daisy chain has 8 channels; each
-channel drives a heater of ``heater_ohm`` ohms and obeys its current limit (IMAX) and
-the full-scale voltage. Faults can be injected: error lines that arrive unprompted, a
-slow reply, and a dropped connection.
+Every reply is written from Qontrol's own material, never from satlab's driver:
+recordings of a real two-module Q8iv chain (firmware v2.4.1) in the vendor's repository
+takeqontrol/api (``progs/*.json``, ``log.txt``, ``ref_log.txt``), the vendor's Python
+API ``qontrol.py`` 1.1.20 (how it parses each reply, ``set_all_values`` for vectors) and
+the firmware's own ``HELP?`` text. docs/instruments.md has the table.
 
-Replies: ``I<ch>=<mA>`` and ``IMAX<ch>=``/``VMAX<ch>=`` answer ``OK``; ``I<ch>?``,
-``V<ch>?``, ``IMAX<ch>?``, ``VMAX<ch>?``, ``id?``, ``nchan?``, ``ifull?``, ``vfull?``
-one line; ``Iall?``/``Vall?`` one line per channel; ``nup=0`` then ``nupall?`` one line
-``<type>-<serial> : <index>`` per module. Errors are ``E<code>:<ch>``: 1 over-voltage,
-2 over-current, 10 unknown command, 11 bad parameter, 12 bad channel.
+- Lines end in ``\\n``; commands are case-insensitive (the recordings send ``iall?``,
+  ``IALL?`` and ``Iall?`` alike).
+- A quantity is signed, 4 decimals, a space and its unit: ``+12.0000 V``, ``-0.0036 mA``.
+- A setting is answered ``OK``; ``nup=0`` is answered ``\\x06OK`` once per module.
+- ``nupall?`` answers one ``<type>-<serial>: <index>`` per module (``Q8iv-****`` before
+  a serial is assigned); ``nchan?`` the addressed module's 8; ``Iall?``/``Vall?`` one
+  line per channel of the chain.
+- ``IVEC<ch>=a,b,...`` (``VVEC``) sets a module's channels from its first one, the form
+  the vendor API's ``set_all_values`` sends.
+- Errors are ``E<code>:<nn>``, two digits each: 01 over-voltage, 02 over-current, 10
+  unrecognised command, 11 unrecognised parameter, 12 unrecognised channel.
+- A current reading is a measurement: the setpoint plus the channel's ADC offset, which
+  the recordings show within +-0.012 mA of zero.
+
+The line can be paced like the real one (``baud_rate``: 10 bits a byte, 8N1), with the
+firmware's ``reply_latency_s`` and a USB-serial adapter's latency timer (replies reach
+the host at its next tick: the recorded delays climb and fall in a 16 ms saw-tooth).
+Faults can be injected: error lines that arrive unprompted, a slow reply, lost replies
+and a dropped connection.
 """
 
 from __future__ import annotations
@@ -23,17 +36,32 @@ import time
 import tty
 from collections.abc import Callable
 
+import numpy as np
+
 OVER_VOLTAGE, OVER_CURRENT, UNKNOWN_COMMAND, BAD_PARAMETER, BAD_CHANNEL = 1, 2, 10, 11, 12
 CHANNELS_PER_MODULE = 8
-_SET = re.compile(r"^(I|IMAX|VMAX)(\d+)=(.*)$")
-_GET = re.compile(r"^(I|V|IMAX|VMAX)(\d+)\?$")
+FIRMWARE = "v2.4.1"  # the recorded chain's
+OFFSET_SPREAD_MA = 0.012  # recorded readings of channels at zero: -0.0112 to +0.0017 mA
+_COMMAND = re.compile(r"^([A-Z]+?)(\d*)(\?|=(.*))$")
+_SETTINGS = {"I", "V", "IMAX", "VMAX"}
+
+
+def quantity(value: float, unit: str) -> str:
+    """A value as the firmware prints it: ``+1.2345 mA``."""
+    return f"{value:+.4f} {unit}"
+
+
+def error(code: int, channel: int = 0) -> str:
+    """An error line as the firmware prints it: ``E02:04``."""
+    return f"E{code:02d}:{channel:02d}"
 
 
 class Q8ivEmulator:
     """The device state and its replies; ``start`` serves them on a new pty."""
 
     def __init__(self, modules: int = 1, heater_ohm: float = 500.0, full_scale_mA: float = 24.0,
-                 full_scale_V: float = 12.0, serial: int = 1) -> None:
+                 full_scale_V: float = 12.0, serial: int = 1, baud_rate: int | None = None,
+                 reply_latency_s: float = 0.0, latency_timer_s: float = 0.0) -> None:
         self.modules = modules
         self.channels = modules * CHANNELS_PER_MODULE
         self.heater_ohm, self.full_scale_mA, self.full_scale_V = heater_ohm, full_scale_mA, full_scale_V
@@ -41,6 +69,11 @@ class Q8ivEmulator:
         self.current_mA = [0.0] * self.channels
         self.imax_mA = [full_scale_mA] * self.channels
         self.vmax_V = [full_scale_V] * self.channels
+        # each channel's ADC offset, fixed for the emulated device (seeded by its serial)
+        self.offset_mA = np.random.default_rng(serial).uniform(
+            -OFFSET_SPREAD_MA, OFFSET_SPREAD_MA, self.channels).round(4).tolist()
+        self.byte_s = 10 / baud_rate if baud_rate else 0.0
+        self.reply_latency_s, self.latency_timer_s = reply_latency_s, latency_timer_s
         self.reply_delay_s = 0.0  # injected: a slow reply
         self.swallow_replies = 0  # injected: the next n replies are lost on the line
         self.drop_after_commands: int | None = None  # injected: the cable comes out
@@ -48,6 +81,8 @@ class Q8ivEmulator:
         self.on_change: Callable[[int, float], None] | None = None  # (channel, mA) once applied
         self._lock = threading.Lock()
         self._master: int | None = None
+        self._epoch = time.perf_counter()
+        self._rx_free = self._tx_free = 0.0  # when each direction of the line is idle again
         self.port: str | None = None
 
     # -- the protocol -------------------------------------------------------------
@@ -55,56 +90,81 @@ class Q8ivEmulator:
         """The lines the device answers to one command line."""
         with self._lock:
             self.commands.append(line)
-            if line == "id?":
-                return [f"Q8iv-{self.serials[0]:04d}"]
-            if line == "nchan?":
-                return [str(self.channels)]
-            if line == "ifull?":
-                return [f"{self.full_scale_mA:g}"]
-            if line == "vfull?":
-                return [f"{self.full_scale_V:g}"]
-            if line == "nup=0":
-                return ["OK"]
-            if line == "nupall?":
-                return [f"Q8iv-{s:04d} : {k}" for k, s in enumerate(self.serials)]
-            if line in ("Iall?", "Vall?"):
-                return [f"{v:.4f}" for v in (self.current_mA if line == "Iall?" else self._volts())]
-            if match := _GET.match(line):
-                name, ch = match.group(1), int(match.group(2))
-                if ch >= self.channels:
-                    return [f"E{BAD_CHANNEL}:{ch}"]
-                value = {"I": self.current_mA, "V": self._volts(), "IMAX": self.imax_mA,
-                         "VMAX": self.vmax_V}[name][ch]
-                return [f"{value:.4f}"]
-            if match := _SET.match(line):
-                return [self._set(match.group(1), int(match.group(2)), match.group(3))]
-            return [f"E{UNKNOWN_COMMAND}:0"]
+            match = _COMMAND.match(line.upper())
+            if match is None:
+                return [error(UNKNOWN_COMMAND)]
+            name, ch, op, value = match.group(1), match.group(2), match.group(3)[0], match.group(4)
+            return self._set(name, ch, value) if op == "=" else self._query(name, ch)
 
-    def _set(self, name: str, ch: int, text: str) -> str:
-        if ch >= self.channels:
-            return f"E{BAD_CHANNEL}:{ch}"
+    def _query(self, name: str, ch: str) -> list[str]:
+        if not ch:
+            answer = {"ID": lambda: [self._module(0)], "NCHAN": lambda: [str(CHANNELS_PER_MODULE)],
+                      "IFULL": lambda: [quantity(self.full_scale_mA, "mA")],
+                      "VFULL": lambda: [quantity(self.full_scale_V, "V")],
+                      "FIRMWARE": lambda: [FIRMWARE],
+                      "LIFETIME": lambda: [f"{int(time.perf_counter() - self._epoch)} s"],
+                      "NUP": lambda: [f"{self._module(0)}: 0"],
+                      "NUPALL": lambda: [f"{self._module(k)}: {k}" for k in range(self.modules)]}
+            if name in answer:
+                return answer[name]()
+            if name.endswith("ALL") and name[:-3] in _SETTINGS:
+                return [self._value(name[:-3], k) for k in range(self.channels)]
+            return [error(UNKNOWN_COMMAND)]
+        if name not in _SETTINGS:
+            return [error(UNKNOWN_COMMAND)]
+        if int(ch) >= self.channels:
+            return [error(BAD_CHANNEL, int(ch))]
+        return [self._value(name, int(ch))]
+
+    def _module(self, k: int) -> str:
+        return f"Q8iv-{self.serials[k]:04d}"
+
+    def _value(self, name: str, ch: int) -> str:
+        if name == "I":
+            return quantity(self.current_mA[ch] + self.offset_mA[ch], "mA")
+        if name == "V":
+            return quantity(self.current_mA[ch] * 1e-3 * self.heater_ohm, "V")
+        return quantity(self.imax_mA[ch], "mA") if name == "IMAX" else quantity(self.vmax_V[ch], "V")
+
+    def _set(self, name: str, ch: str, text: str) -> list[str]:
+        if name == "NUP" and not ch:
+            return ["\x06OK"] * self.modules
+        return [self._setting(name, ch, text)]
+
+    def _setting(self, name: str, ch: str, text: str) -> str:
+        vector = name in ("IVEC", "VVEC")
+        if not ch or not (vector or name in _SETTINGS):
+            return error(UNKNOWN_COMMAND)
+        first = int(ch)
         try:
-            value = float(text)
+            values = [float(v) for v in text.split(",")] if vector else [float(text)]
         except ValueError:
-            return f"E{BAD_PARAMETER}:{ch}"
-        if not value >= 0:  # negative or NaN
-            return f"E{BAD_PARAMETER}:{ch}"
-        if name == "IMAX":
-            self.imax_mA[ch] = min(value, self.full_scale_mA)
-        elif name == "VMAX":
-            self.vmax_V[ch] = min(value, self.full_scale_V)
-        elif value > self.imax_mA[ch]:
-            return f"E{OVER_CURRENT}:{ch}"
-        elif value * 1e-3 * self.heater_ohm > self.vmax_V[ch]:
-            return f"E{OVER_VOLTAGE}:{ch}"
+            return error(BAD_PARAMETER, 3)  # the recorded code for 'nup=' and 'vall=hello'
+        if first >= self.channels:
+            return error(BAD_CHANNEL, first)
+        # a vector stays within the module of its first channel (the API sends one a module)
+        if vector and (first % CHANNELS_PER_MODULE + len(values) > CHANNELS_PER_MODULE):
+            return error(BAD_PARAMETER, 3)
+        if not all(v >= 0 for v in values):  # negative or NaN
+            return error(BAD_PARAMETER, 3)
+        kind = name[0] if vector else name
+        channels = range(first, first + len(values))
+        if kind in ("I", "V"):  # a vector is applied whole or not at all
+            currents = values if kind == "I" else [v / self.heater_ohm * 1e3 for v in values]
+            for k, mA in zip(channels, currents):
+                if mA > self.imax_mA[k]:
+                    return error(OVER_CURRENT, k)
+                if mA * 1e-3 * self.heater_ohm > self.vmax_V[k]:
+                    return error(OVER_VOLTAGE, k)
+            for k, mA in zip(channels, currents):
+                self.current_mA[k] = mA
+                if self.on_change is not None:
+                    self.on_change(k, mA)
+        elif kind == "IMAX":
+            self.imax_mA[first] = min(values[0], self.full_scale_mA)
         else:
-            self.current_mA[ch] = value
-            if self.on_change is not None:
-                self.on_change(ch, value)
+            self.vmax_V[first] = min(values[0], self.full_scale_V)
         return "OK"
-
-    def _volts(self) -> list[float]:
-        return [i * 1e-3 * self.heater_ohm for i in self.current_mA]
 
     # -- the port -------------------------------------------------------------------
     def start(self) -> str:
@@ -129,22 +189,34 @@ class Q8ivEmulator:
             buffer += chunk
             while b"\n" in buffer:
                 raw, buffer = buffer.split(b"\n", 1)
+                # the host wrote the line at once; on the wire its bytes follow one another
+                self._rx_free = max(time.perf_counter(), self._rx_free) + (len(raw) + 1) * self.byte_s
                 line = raw.decode("ascii", "replace").strip()
                 if not line:
                     continue
                 if self.drop_after_commands is not None and len(self.commands) >= self.drop_after_commands:
                     self.drop()
                     return
-                answer = self.reply(line)
-                if self.reply_delay_s:
-                    time.sleep(self.reply_delay_s)
+                answer = "\n".join(self.reply(line)) + "\n"
                 if self.swallow_replies:
                     self.swallow_replies -= 1
                     continue
-                self.send(*answer)
+                ready = self._rx_free + self.reply_latency_s + self.reply_delay_s
+                self._tx_free = max(ready, self._tx_free) + len(answer) * self.byte_s
+                self._pause_until(self._tx_free)
+                self.send(answer[:-1])
+
+    def _pause_until(self, done: float) -> None:
+        """Wait until a reply sent out at ``done`` reaches the host (the adapter's next tick)."""
+        if self.latency_timer_s:
+            ticks = -(-(done - self._epoch) // self.latency_timer_s)
+            done = self._epoch + ticks * self.latency_timer_s
+        wait = done - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
 
     def send(self, *lines: str) -> None:
-        """Write lines to the port, e.g. an unprompted error ``E2:3``."""
+        """Write lines to the port, e.g. an unprompted error ``E02:03``."""
         master = self._master
         if master is not None:
             try:

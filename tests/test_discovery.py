@@ -27,6 +27,6 @@ def test_discovery_recognises_the_emulated_q8iv_and_the_simulated_keithley(tmp_p
         rig.write_text(yaml.safe_dump({"name": "found", **snippet}))
         assert main(["rig", "check", str(rig)]) == 0  # the snippet opens as it is
         checked = capsys.readouterr().out
-        assert "Q8iv-0001 (16 channels" in checked and "MODEL 2400" in checked
+        assert "Q8iv-0001 v2.4.1 (16 channels" in checked and "MODEL 2400" in checked
     finally:
         emulator.stop()

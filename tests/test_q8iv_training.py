@@ -41,11 +41,11 @@ def test_a_disconnect_mid_training_then_resume_matches_the_uninterrupted_run(tmp
     assert whole.returncode == 0, whole.stderr
 
     cut = tmp_path / "cut"
-    result = satlab("train", config(tmp_path, 2000), "--run-dir", cut)
+    result = satlab("train", config(tmp_path, 300), "--run-dir", cut)
     assert result.returncode == 1
     # the port is dead: nobody can confirm the heaters are off, and the message says so
     assert "could not put heaters in the safe state" in result.stderr
-    assert "after InstrumentFault: Q8iv at /dev/pts/" in result.stderr
+    assert "after InstrumentFault: heaters: Q8iv-0001 at /dev/pts/" in result.stderr
     assert not checkpoint.load(cut / "sat" / "checkpoint.pt")["done"]
 
     rig = yaml.safe_load((cut / "rig.yaml").read_text())
