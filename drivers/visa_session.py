@@ -1,8 +1,10 @@
 """Opening a VISA instrument from a rig-file address, with no stale replies in the way.
 
-``GPIB0::24::INSTR@sim`` opens ``GPIB0::24::INSTR`` through pyvisa-sim with the YAML a
-driver ships; any other string is a real VISA resource; a pymeasure adapter (in tests)
-passes through unchanged.
+An address may end in the VISA backend to open it with: ``@py`` (pyvisa-py, no vendor
+software), ``@ivi`` (an installed IVI VISA: NI-VISA, Keysight IO Libraries, R&S VISA) or
+``@sim`` (pyvisa-sim with the YAML the driver ships). Without one, pyvisa chooses: an
+IVI VISA if one is installed, else pyvisa-py. A pymeasure adapter (in tests) passes
+through unchanged.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ def open_adapter(address, simulation: Path, timeout_s: float) -> Adapter:
     """A VISA adapter for ``address``, emptied of replies an earlier session left unread."""
     if isinstance(address, Adapter):
         return address
-    resource, visa = ((address[:-4], {"visa_library": f"{simulation}@sim"})
-                      if address.endswith("@sim") else (address, {}))
+    resource, backend = split_backend(address)
+    visa = {"visa_library": f"{simulation}@sim" if backend == "@sim" else backend} if backend else {}
     adapter = VISAAdapter(resource, timeout=int(timeout_s * 1000), read_termination="\n",
                           write_termination="\n", **visa)
     try:
@@ -27,6 +29,15 @@ def open_adapter(address, simulation: Path, timeout_s: float) -> Adapter:
         adapter.close()  # the caller never receives it: nobody else could close it
         raise
     return adapter
+
+
+BACKENDS = ("@py", "@ivi", "@sim")
+
+
+def split_backend(address: str) -> tuple[str, str | None]:
+    """``GPIB0::24::INSTR@py`` as (``GPIB0::24::INSTR``, ``@py``); no suffix: None."""
+    resource, at, backend = address.rpartition("@")
+    return (resource, f"@{backend}") if at and f"@{backend}" in BACKENDS else (address, None)
 
 
 def discard_stale_replies(adapter: Adapter) -> None:

@@ -44,6 +44,12 @@ EVALUATE_EPILOG = """examples:
 """
 
 
+VISA_BACKEND_HELP = ("VISA backend for every VISA address of the rig that names none: @py "
+                     "(pyvisa-py, no vendor software), @ivi (an installed NI-VISA, Keysight or "
+                     "R&S VISA), @sim (the drivers' shipped simulations); default: the rig "
+                     "file's visa_backend, else pyvisa's choice")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -106,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume else {}  # a corrupt checkpoint stops here, before the rig opens
     print(f"data: {data.source}\nrig: {spec.name} ({cfg.rig})\nrun: {run_dir}")
     try:
-        with Rig(spec, cfg.rig) as rig:
+        with Rig(spec, cfg.rig, visa_backend=args.visa_backend) as rig:
             if not args.resume:  # after opening: a rig that fails its open checks leaves no run
                 write_run_files(run_dir, cfg, spec.model_dump(mode="json", exclude_none=True))
             rig_start = rig.state_dict()
@@ -261,7 +267,7 @@ def cmd_rig_check(args: argparse.Namespace) -> int:
     from satlab.instruments import Camera, CurrentSource, Photodetector, Positioner
 
     spec = load_rig_file(args.rig_file)
-    with Rig(spec, args.rig_file) as rig:
+    with Rig(spec, args.rig_file, visa_backend=args.visa_backend) as rig:
         for name, dev in rig.instruments.items():
             with rig.named(name, "(checking)"):
                 line = f"{name:<16} {dev.kind:<16} {rig.identities[name]}"
@@ -306,29 +312,26 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_instruments(args: argparse.Namespace) -> int:
     """Ask every port who it is; print what answered and rig-file snippets."""
-    from satlab.discovery import probing_drivers, rig_snippet, scan_serial, scan_visa
+    from satlab.discovery import DEFAULT_BACKENDS, probing_drivers, rig_snippet, scan_serial, scan_visa
 
     if not args.timeout > 0:
         raise ConfigError("--timeout", "", f"expected seconds > 0, got {args.timeout:g}")
     probes = probing_drivers()
     serial_found = scan_serial(args.port, args.timeout, probes, system_ports=not args.only)
-    visa_found, visa_note = scan_visa(args.visa_library, args.timeout, probes)
+    backends = [args.visa_backend] if args.visa_backend else list(DEFAULT_BACKENDS)
+    visa_found, visa_notes = scan_visa(backends, args.timeout, probes)
     for found in serial_found + visa_found:
         what = found.driver or ("not recognised" if found.reply else "no answer")
         print(f"{found.address:<28} {what:<16} {found.reply}")
-    if visa_note:
-        print(visa_note)
-    # a simulation's address only works with the driver's own shipped simulation
-    suffix = "@sim" if args.visa_library.endswith("@sim") else ""
-    known = [(f, "") for f in serial_found if f.driver] + [(f, suffix) for f in visa_found if f.driver]
+    print("\n".join(f"VISA {note}" for note in visa_notes))
+    known = [f for f in serial_found + visa_found if f.driver]
     if known:
         names: dict[str, int] = {}
         snippets = []
-        for found, end in known:
+        for found in known:
             base = found.driver.replace(".", "_")
             names[base] = names.get(base, 0) + 1
-            snippets.append(rig_snippet(found, base if names[base] == 1 else f"{base}_{names[base]}",
-                                        end))
+            snippets.append(rig_snippet(found, base if names[base] == 1 else f"{base}_{names[base]}"))
         print("\ninstruments:\n" + "\n".join(snippets))
     return 0
 
@@ -380,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", help="folder with the four MNIST IDX files (full MNIST)")
     t.add_argument("--epochs", type=_positive_int, help="override training.epochs")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--visa-backend", choices=("@py", "@ivi", "@sim"), help=VISA_BACKEND_HELP)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(
@@ -416,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Validate RIG_FILE, open every instrument, print its "
                                     "identification and a reading, and leave the rig in its safe state.")
     c.add_argument("rig_file", metavar="RIG_FILE")
+    c.add_argument("--visa-backend", choices=("@py", "@ivi", "@sim"), help=VISA_BACKEND_HELP)
     c.set_defaults(func=cmd_rig_check)
     d = rsub.add_parser("drivers", help="list the driver, simulator, twin and system names a rig "
                                         "file may use")
@@ -436,8 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "Nothing is set on any instrument.")
     ins.add_argument("--port", action="append", default=[],
                      help="also ask this serial port (e.g. a pty of `satlab emulate`); repeatable")
-    ins.add_argument("--visa-library", default="",
-                     help="pyvisa backend, e.g. '@py', or 'file.yaml@sim' for a simulation")
+    ins.add_argument("--visa-backend", "--visa-library", dest="visa_backend", default="",
+                     help="list only this VISA backend: '@ivi' (an installed vendor VISA), '@py' "
+                          "(pyvisa-py) or 'file.yaml@sim' (a pyvisa-sim simulation); default: "
+                          "@ivi, then @py, each listed with what it sees")
     ins.add_argument("--timeout", type=float, default=0.3, help="seconds to wait for each answer")
     ins.add_argument("--only", action="store_true",
                      help="of the serial ports, ask only those given with --port")

@@ -10,6 +10,7 @@ timeout, nothing written that changes a setting.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 import serial
@@ -74,32 +75,52 @@ def scan_serial(extra_ports: list[str], timeout_s: float, probes: dict,
     return found
 
 
-def scan_visa(visa_library: str, timeout_s: float, probes: dict) -> tuple[list[Found], str | None]:
-    """Every VISA resource asked ``*IDN?``; the second item says why none could be listed."""
+DEFAULT_BACKENDS = ("@ivi", "@py")  # an installed vendor VISA, then pyvisa-py
+
+
+def scan_visa(backends: list[str], timeout_s: float, probes: dict) -> tuple[list[Found], list[str]]:
+    """Every VISA resource each backend lists (``@ivi``, ``@py``, ``file.yaml@sim``), asked
+    ``*IDN?``; one note per backend says what it saw, or why it could not look."""
     import pyvisa
 
-    try:
-        manager = pyvisa.ResourceManager(visa_library)
-        resources = manager.list_resources()
-    except (ValueError, OSError, pyvisa.Error) as exc:
-        return [], f"no VISA resources listed ({exc})"
-    found = []
-    for resource in resources:
-        try:
-            with manager.open_resource(resource, timeout=int(timeout_s * 1000),
-                                       read_termination="\n", write_termination="\n") as inst:
-                reply = inst.query("*IDN?").strip()
-        except (pyvisa.Error, OSError, ValueError):
-            reply = ""
-        found.append(Found(resource, reply, _recognise(reply, "visa", probes) if reply else None))
-    return found, None
+    found, notes = [], []
+    for backend in backends:
+        suffix = "@" + backend.rpartition("@")[2]  # the address suffix that opens it again
+        with warnings.catch_warnings(record=True) as caught:  # pyvisa-py's missing helpers
+            warnings.simplefilter("always")
+            try:
+                manager = pyvisa.ResourceManager(backend)
+                resources = manager.list_resources()
+            except (ValueError, OSError, pyvisa.Error) as exc:
+                reason = ("no IVI VISA library is installed (NI-VISA, Keysight IO Libraries Suite, "
+                          "R&S VISA)" if backend == "@ivi" and isinstance(exc, OSError)
+                          else (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+                notes.append(f"{suffix}: not available: {reason}")
+                continue
+        # serial ports are the serial scan's: a *IDN? there would reach instruments that
+        # speak no SCPI (and ports the user did not list with --only)
+        resources = [r for r in resources if not r.upper().startswith("ASRL")]
+        limited = [w for w in caught if issubclass(w.category, UserWarning)]
+        notes.append(f"{suffix}: {len(resources)} resource(s) listed"
+                     + (" (discovery limited: pip install 'satlab[visa]' adds pyvisa-py's USB, "
+                        "all-interface VXI-11 and HiSLIP discovery)" if limited else ""))
+        for resource in resources:
+            try:
+                with manager.open_resource(resource, timeout=int(timeout_s * 1000),
+                                           read_termination="\n", write_termination="\n") as inst:
+                    reply = inst.query("*IDN?").strip()
+            except (pyvisa.Error, OSError, ValueError):
+                reply = ""
+            found.append(Found(f"{resource}{suffix}", reply,
+                               _recognise(reply, "visa", probes) if reply else None))
+    return found, notes
 
 
-def rig_snippet(found: Found, name: str, suffix: str = "") -> str:
+def rig_snippet(found: Found, name: str) -> str:
     """The instruments: entry for a recognised instrument (limits to be set by hand)."""
     kind = registry.lookup(found.driver).kind
     lines = [f"  {name}:", f"    kind: {kind}",
-             f"    driver: {found.driver}", f"    address: \"{found.address}{suffix}\""]
+             f"    driver: {found.driver}", f"    address: \"{found.address}\""]
     if kind == "current_source":
         lines.append("    limits: {max_current: 0.001}  # A per channel: set your device's limit")
     return "\n".join(lines)

@@ -166,8 +166,10 @@ class Rig:
     stack_probes = True
 
     def __init__(self, spec: RigSpec, path: str | Path = "<rig>", log_size: int = 10000,
-                 log_values: int = 2**22) -> None:
+                 log_values: int = 2**22, visa_backend: str | None = None) -> None:
         self.spec, self.path = spec, Path(path)
+        # a command line's choice outranks the rig file's; an address's own suffix, both
+        self.visa_backend = visa_backend or spec.visa_backend
         self.instruments: dict[str, Instrument] = {}
         self.resources: dict[str, Any] = {}
         self.guards: dict[str, CurrentGuard] = {}
@@ -268,6 +270,9 @@ class Rig:
         kwargs = dict(inst.options)
         if inst.address is not None:
             kwargs["address"] = inst.address
+            if (self.visa_backend and getattr(cls, "probe", ("",))[0] == "visa"
+                    and not inst.address.endswith(("@py", "@ivi", "@sim"))):
+                kwargs["address"] += self.visa_backend
         if inst.resource is not None:
             kwargs["resource"] = self.resources[inst.resource]
         return cls(**kwargs)

@@ -104,7 +104,9 @@ def _system_class(type_name: str) -> type:
 class RigSpec(Strict):
     """A whole rig file."""
 
-    name: str
+    name: str = Field(description="defaults to the file's name without .yaml")
+    visa_backend: Literal["@py", "@ivi", "@sim"] | None = Field(
+        None, description="VISA backend of every VISA address that does not name its own")
     resources: dict[str, PluginSpec] = {}
     instruments: dict[str, InstrumentSpec] = Field(min_length=1)
     system: SerializeAsAny[SystemSpec] | None = None
@@ -163,6 +165,8 @@ def _check_references(path: Path, spec: RigSpec) -> None:
 def load_rig_file(path: str | Path) -> RigSpec:
     """Validate a rig file completely (schema, references, registry names) without hardware."""
     path = Path(path)
-    spec = load_model(path, RigSpec, read_yaml(path))
+    data = read_yaml(path)
+    data.setdefault("name", path.stem)  # a rig is named after its file unless it says otherwise
+    spec = load_model(path, RigSpec, data)
     _check_references(path, spec)
     return spec

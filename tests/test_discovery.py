@@ -20,11 +20,12 @@ def test_discovery_recognises_the_emulated_q8iv_and_the_simulated_keithley(tmp_p
         assert emulator.commands == ["id?"]  # asked who it is, nothing set
         lines = out.splitlines()
         assert any(line.split()[:3] == [port, "qontrol.q8iv", "Q8iv-0001"] for line in lines)
-        assert any(line.split()[:2] == ["GPIB0::24::INSTR", "keithley.2400"] for line in lines)
+        assert any(line.split()[:2] == ["GPIB0::24::INSTR@sim", "keithley.2400"] for line in lines)
+        assert "VISA @sim: 3 resource(s) listed" in lines
 
         snippet = yaml.safe_load(out[out.index("instruments:"):])
         rig = tmp_path / "found.yaml"
-        rig.write_text(yaml.safe_dump({"name": "found", **snippet}))
+        rig.write_text(yaml.safe_dump(snippet))  # no name: the rig is named after its file
         assert main(["rig", "check", str(rig)]) == 0  # the snippet opens as it is
         checked = capsys.readouterr().out
         assert "Q8iv-0001 v2.4.1 (16 channels" in checked and "MODEL 2400" in checked

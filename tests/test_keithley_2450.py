@@ -59,13 +59,13 @@ def test_a_current_or_output_that_does_not_read_back_is_a_fault():
     with expected_protocol(Keithley2450Source, OPENING + [
             (":SOUR:CURR:LEV 0.0035", None), (":SOUR:CURR?", "3.400000E-03"),
             ("OUTPUT 1", None), ("OUTPUT?", "0"),
-            (":SOUR:CURR?", "ERROR")], compliance_voltage=5) as source:
+            (":SOUR:CURR?", "#garbled")], compliance_voltage=5) as source:
         with pytest.raises(InstrumentFault, match=r"':SOUR:CURR\?' -> read back 0.0034, "
                                                   r"expected 0.0035"):
             source.set_currents(np.array([0.0035]))
         with pytest.raises(InstrumentFault, match=r"'OUTPUT\?' -> output did not switch on"):
             source.set_output(True)
-        with pytest.raises(InstrumentFault, match=r"':SOUR:CURR\?' -> not a number: 'ERROR'"):
+        with pytest.raises(InstrumentFault, match=r"':SOUR:CURR\?' -> not a number: '#garbled'"):
             source.get_currents()
 
 
@@ -115,7 +115,7 @@ def test_through_pyvisa_against_the_shipped_simulation():
         source.set_currents(np.array([0.012]))
         source.set_output(True)
         assert source.get_currents() == pytest.approx([0.012]) and source.smu.source_enabled
-        with pytest.raises(InstrumentFault, match=r"read back 'ERROR', expected 2"):
+        with pytest.raises(InstrumentFault, match=r"read back 0.012, expected 2"):
             source.set_currents(np.array([2.0]))  # beyond the 2450's 1.05 A: refused
         assert source.get_currents() == pytest.approx([0.012])  # its own answer, not a stale one
         source.safe_state()
@@ -135,7 +135,7 @@ def test_a_compliance_the_instrument_refuses_is_a_fault_on_opening_and_closes_th
         close(adapter)
 
     monkeypatch.setattr(VISAAdapter, "close", recorded)
-    with pytest.raises(InstrumentFault, match=r"':SOUR:CURR:VLIM\?' -> read back 'ERROR', "
+    with pytest.raises(InstrumentFault, match=r"':SOUR:CURR:VLIM\?' -> read back 21.0, "
                                               r"expected 0.01") as fault:
         Keithley2450Source(SIM, compliance_voltage=0.01)  # below the 2450's 20 mV
     # closed while the fault (its traceback holding the half-opened source) is still alive
@@ -191,4 +191,4 @@ def test_rig_check_on_the_simulated_protocol_leaves_it_at_zero_and_off(tmp_path,
 def test_discovery_names_the_2450_in_the_simulation(capsys):
     assert main(["instruments", "--only", "--visa-library", f"{SIMULATION}@sim"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert any(line.split()[:2] == ["GPIB0::25::INSTR", "keithley.2450"] for line in lines)
+    assert any(line.split()[:2] == ["GPIB0::25::INSTR@sim", "keithley.2450"] for line in lines)

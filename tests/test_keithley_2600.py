@@ -37,6 +37,16 @@ def level(smu: str, sent: str, reply: str) -> list:
     return [(f"{smu}.source.leveli={sent}", None), (f"print({smu}.source.leveli)", reply)]
 
 
+BOTH_LEVELS = "print(smua.source.leveli);print(smub.source.leveli)"
+
+
+def levels(sent: tuple[str, str], replies: tuple[str, str]) -> list:
+    """Setting both channels in one line of TSP statements, read back with one line of
+    print() calls that the instrument answers with a line each."""
+    return [(f"smua.source.leveli={sent[0]};smub.source.leveli={sent[1]}", None),
+            (BOTH_LEVELS, replies[0]), (None, replies[1])]
+
+
 def output(smu: str, on: int, reply: str | None = None) -> list:
     """Switching one channel's output, and its read-back (by default: switched)."""
     return [(f"{smu}.source.output={on}", None),
@@ -63,10 +73,10 @@ def test_one_channel_drives_smua_only_and_every_setting_is_read_back():
 
 def test_two_channels_drive_smua_and_smub():
     with expected_protocol(Keithley2600Source, opening("smua", "smub") + [
-            *level("smua", "0.0035", "3.50000e-03"), *level("smub", "1e-05", "1.00000e-05"),
+            *levels(("0.0035", "1e-05"), ("3.50000e-03", "1.00000e-05")),
             *output("smua", 1), *output("smub", 1),
-            ("print(smua.source.leveli)", "3.50000e-03"), ("print(smub.source.leveli)", "1.00000e-05"),
-            *level("smua", "0", "0.00000e+00"), *level("smub", "0", "0.00000e+00"),
+            (BOTH_LEVELS, "3.50000e-03"), (None, "1.00000e-05"),
+            *levels(("0", "0"), ("0.00000e+00", "0.00000e+00")),
             *output("smua", 0), *output("smub", 0)],
             compliance_voltage=5, channels=2) as source:
         assert source.channels == 2
@@ -97,8 +107,8 @@ OFF = output("smua", 0) + output("smub", 0)  # both outputs off, before either i
      r"'print\(smua.source.func\)' -> read back 'voltage', expected 'current'"),
     (OFF + configure("smua")[:3] + [("print(smua.source.limitv)", "2.00000e+01")],
      r"'print\(smua.source.limitv\)' -> read back 20.0, expected 5"),
-    (opening("smua", "smub")[:-1] + [("print(smub.source.limitv)", "ERROR")],
-     r"'print\(smub.source.limitv\)' -> read back 'ERROR', expected 5"),
+    (opening("smua", "smub")[:-1] + [("print(smub.source.limitv)", "#garbled")],
+     r"'print\(smub.source.limitv\)' -> read back '#garbled', expected 5"),
     (OFF, r"'\(opening\)' -> ValueError: No communication pair left"),  # pymeasure's error
 ], ids=["smub output", "output garbage", "mode", "compliance", "smub compliance",
         "pymeasure error"])
@@ -123,11 +133,11 @@ def test_an_output_state_that_is_neither_on_nor_off_is_a_fault(reply, read):
         source.set_output(False)
 
 
-def test_a_channel_that_does_not_read_back_is_a_fault_and_the_other_is_still_set():
+def test_a_channel_that_does_not_read_back_is_a_fault_and_the_other_is_still_set_with_it():
     with expected_protocol(Keithley2600Source, opening("smua", "smub") + [
-            *level("smua", "0.0035", "3.40000e-03"), *level("smub", "0.002", "2.00000e-03"),
+            *levels(("0.0035", "0.002"), ("3.40000e-03", "2.00000e-03")),
             *output("smua", 1, "0.00000e+00"), *output("smub", 1),
-            ("print(smua.source.leveli)", "3.50000e-03"), ("print(smub.source.leveli)", "ERROR")],
+            (BOTH_LEVELS, "3.50000e-03"), (None, "#garbled")],
             compliance_voltage=5, channels=2) as source:
         with pytest.raises(InstrumentFault, match=r"'print\(smua.source.leveli\)' -> read back "
                                                   r"0.0034, expected 0.0035"):
@@ -141,7 +151,7 @@ def test_a_channel_that_does_not_read_back_is_a_fault_and_the_other_is_still_set
 
 def test_the_safe_state_reaches_every_channel_even_when_one_faults():
     with expected_protocol(Keithley2600Source, opening("smua", "smub") + [
-            *level("smua", "0", "1.00000e-03"), *level("smub", "0", "0.00000e+00"),
+            *levels(("0", "0"), ("1.00000e-03", "0.00000e+00")),
             *output("smua", 0, "1.00000e+00"), *output("smub", 0)],
             compliance_voltage=5, channels=2) as source:
         with pytest.raises(InstrumentFault, match=r"'print\(smua.source.output\)' -> output did "
@@ -185,7 +195,7 @@ def test_through_pyvisa_against_the_shipped_simulation():
         assert source.get_currents() == pytest.approx([0.012, 0.0034])
         assert [smu.source_output for smu in source.smus] == ["ON", "ON"]
         with pytest.raises(InstrumentFault, match=r"'print\(smub.source.leveli\)' -> read back "
-                                                  r"'ERROR', expected 3.5"):
+                                                  r"0.0034, expected 3.5"):
             source.set_currents(np.array([0.001, 3.5]))  # beyond the 2602B's 3.03 A: refused
         # smua took its setting, smub kept its own; each answer is its own, not a stale one
         assert source.get_currents() == pytest.approx([0.001, 0.0034])
@@ -208,7 +218,7 @@ def test_a_compliance_the_instrument_refuses_is_a_fault_on_opening_and_closes_th
 
     monkeypatch.setattr(VISAAdapter, "close", recorded)
     with pytest.raises(InstrumentFault, match=r"'print\(smua.source.limitv\)' -> read back "
-                                              r"'ERROR', expected 100") as fault:
+                                              r"40.0, expected 100") as fault:
         Keithley2600Source(SIM, compliance_voltage=100)  # a 2602B stops at 40.4 V
     # closed while the fault (its traceback holding the half-opened source) is still alive
     assert closed == ["GPIB0::26::INSTR"] and fault.value
@@ -268,4 +278,4 @@ def test_rig_check_on_the_simulated_protocol_leaves_every_channel_at_zero_and_of
 def test_discovery_names_the_2600_in_the_simulation(capsys):
     assert main(["instruments", "--only", "--visa-library", f"{SIMULATION}@sim"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert any(line.split()[:2] == ["GPIB0::26::INSTR", "keithley.2600"] for line in lines)
+    assert any(line.split()[:2] == ["GPIB0::26::INSTR@sim", "keithley.2600"] for line in lines)

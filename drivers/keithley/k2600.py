@@ -57,13 +57,39 @@ class Keithley2600Source(KeithleySource):
                 self._open_channel(smu, compliance_voltage)
 
     def set_currents(self, currents: np.ndarray) -> None:
-        """Set every channel's source current and read it back."""
-        targets = dict(zip(self.smus, np.asarray(currents, dtype=float).reshape(-1), strict=True))
-        self._each(lambda smu: self._set_level(smu, float(targets[smu])))
+        """Set every channel's source current and read it back: both channels in one TSP
+        line of statements, read back with one line of print() calls."""
+        targets = np.asarray(currents, dtype=float).reshape(-1)
+        if len(targets) != len(self.smus):
+            raise ValueError(f"expected {len(self.smus)} currents, got {len(targets)}")
+        if len(self.smus) == 1:
+            self._set_level(self.smus[0], float(targets[0]))
+            return
+        # pymeasure's source_current sends %f (whole microamps) and clips at 1.5 A: %g instead
+        command = ";".join(f"smu{smu.channel}.source.leveli={t:g}" for smu, t in zip(self.smus, targets))
+        self._exchange(command, lambda: self.smu.write(command))
+        for (query, got), target in zip(self._levels(), targets):
+            self._check(query, got, float(target))
 
     def get_currents(self) -> np.ndarray:
         """The source current setpoint of every channel (A)."""
-        return np.array([self._level(smu) for smu in self.smus])
+        if len(self.smus) == 1:
+            return np.array([self._level(self.smus[0])])
+        levels = []
+        for query, got in self._levels():
+            if isinstance(got, str):
+                raise InstrumentFault(self.name, query, f"not a number: {got!r}")
+            levels.append(got)
+        return np.array(levels)
+
+    def _levels(self) -> list[tuple[str, float | str]]:
+        """Every channel's level from one line of print() statements (one reply line each):
+        (its query, the number, or the reply as it came if it is none)."""
+        queries = [f"print(smu{smu.channel}.source.leveli)" for smu in self.smus]
+        line = ";".join(queries)
+        replies = self._exchange(line, lambda: [self.smu.ask(line)]
+                                 + [self.smu.read() for _ in queries[1:]])
+        return [(query, _number_or_text(reply)) for query, reply in zip(queries, replies)]
 
     def set_output(self, enabled: bool) -> None:
         """Switch every channel's output on or off, and read the states back."""
@@ -105,3 +131,11 @@ class Keithley2600Source(KeithleySource):
                 faults.append(exc)
         if faults:
             raise faults[0]
+
+
+def _number_or_text(reply: str) -> float | str:
+    """A print() of a number as a float (``1.00000e-03``); anything else as it came."""
+    try:
+        return float(reply.strip())
+    except ValueError:
+        return reply.strip()
