@@ -16,7 +16,7 @@ from satlab.instruments import InstrumentFault
 OPENING = [(":FORMAT:ELEMENTS VOLTAGE, CURRENT, RESISTANCE, TIME, STATUS", None),
            ("OUTPUT 0", None), ("OUTPUT?", "0"),
            (":SOURCE:FUNCTION CURR", None), (":SOURCE:FUNCTION?", "CURR"),
-           (":SENSE:VOLTAGE:PROTECTION 5", None), (":SENSE:VOLTAGE:PROTECTION?", "5")]
+           (":SENSE:VOLTAGE:PROTECTION 5", None), (":SENSE:VOLTAGE:PROTECTION?", "5.000000E+00")]
 
 
 class ObservedAdapter(ProtocolAdapter):
@@ -34,9 +34,9 @@ def opened(pairs: list) -> tuple[Keithley2400Source, ProtocolAdapter]:
 
 
 def test_opening_sets_current_mode_and_the_compliance_and_settings_are_read_back():
-    source, adapter = opened([(":SOURCE:CURRENT 0.0035", None), (":SOURCE:CURRENT?", "0.0035"),
+    source, adapter = opened([(":SOURCE:CURRENT 0.0035", None), (":SOURCE:CURRENT?", "3.500000E-03"),
                               ("OUTPUT 1", None), ("OUTPUT?", "1"),
-                              (":SOURCE:CURRENT 0", None), (":SOURCE:CURRENT?", "0"),
+                              (":SOURCE:CURRENT 0", None), (":SOURCE:CURRENT?", "0.000000E+00"),
                               ("OUTPUT 0", None), ("OUTPUT?", "0")])
     source.set_currents(np.array([0.0035]))
     source.set_output(True)
@@ -45,7 +45,7 @@ def test_opening_sets_current_mode_and_the_compliance_and_settings_are_read_back
 
 
 def test_a_setting_that_does_not_read_back_is_a_fault():
-    source, _ = opened([(":SOURCE:CURRENT 0.0035", None), (":SOURCE:CURRENT?", "0.0034")])
+    source, _ = opened([(":SOURCE:CURRENT 0.0035", None), (":SOURCE:CURRENT?", "3.400000E-03")])
     with pytest.raises(InstrumentFault, match=r"':SOURCE:CURRENT\?' -> read back 0.0034, "
                                               r"expected 0.0035"):
         source.set_currents(np.array([0.0035]))
@@ -55,7 +55,7 @@ def test_a_setting_that_does_not_read_back_is_a_fault():
     (OPENING[:2] + [("OUTPUT?", "1")], r"'OUTPUT\?' -> output did not switch off \(read True\)"),
     (OPENING[:4] + [(":SOURCE:FUNCTION?", "VOLT")],
      r"':SOURCE:FUNCTION\?' -> read back 'voltage', expected 'current'"),
-    (OPENING[:6] + [(":SENSE:VOLTAGE:PROTECTION?", "21")],
+    (OPENING[:6] + [(":SENSE:VOLTAGE:PROTECTION?", "2.100000E+01")],
      r"':SENSE:VOLTAGE:PROTECTION\?' -> read back 21.0, expected 5"),
     (OPENING[:3], r"'\(opening\)' -> ValueError: No communication pair left"),  # pymeasure's error
 ], ids=["output", "mode", "compliance", "pymeasure error"])

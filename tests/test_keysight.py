@@ -20,7 +20,7 @@ from satlab.rigfile import load_rig_file
 from satlab.validation import ConfigError, OptionError
 
 SIM = "GPIB0::20::INSTR@sim"
-NO_ERROR = ("SYST:ERR?", '+0,"No error"')
+NO_ERROR = ("SYST:ERR?", '+0,"No error"\r')
 
 
 def setting(command: str, query: str, reply: str) -> list:
@@ -28,16 +28,23 @@ def setting(command: str, query: str, reply: str) -> list:
     return [(command, None), NO_ERROR, (query, reply)]
 
 
+def nr3(text: str) -> str:
+    """A number as the guide prints it, CR included: +1.55000000E-006\r."""
+    mantissa, exponent = f"{float(text):+.8E}".split("E")
+    return f"{mantissa}E{int(exponent):+04d}\r"
+
+
 def module(slot: int, atim: str = "0.001") -> list:
     """What a module's heads share, set on its slot (a dual sensor's master channel)."""
-    return (setting(f"SENS{slot}:POW:RANG:AUTO 1", f"SENS{slot}:POW:RANG:AUTO?", "1")
-            + setting(f"SENS{slot}:POW:ATIM {atim}", f"SENS{slot}:POW:ATIM?", atim))
+    return (setting(f"SENS{slot}:POW:RANG:AUTO 1", f"SENS{slot}:POW:RANG:AUTO?", "1\r")
+            + setting(f"SENS{slot}:POW:ATIM {atim}", f"SENS{slot}:POW:ATIM?", nr3(atim)))
 
 
 def channel(address: str, wavelength: str = "1.550000E-06") -> list:
     """One head's unit and wavelength; ``address`` is what follows SENS."""
-    return (setting(f"SENS{address}:POW:UNIT 1", f"SENS{address}:POW:UNIT?", "+1")
-            + setting(f"SENS{address}:POW:WAV {wavelength}", f"SENS{address}:POW:WAV?", wavelength))
+    return (setting(f"SENS{address}:POW:UNIT 1", f"SENS{address}:POW:UNIT?", "+1\r")
+            + setting(f"SENS{address}:POW:WAV {wavelength}", f"SENS{address}:POW:WAV?",
+                      nr3(wavelength)))
 
 
 OPENING = [NO_ERROR] + module(1) + channel("1")  # the default: channel "1:1"
@@ -60,8 +67,8 @@ def test_opening_drains_old_errors_sets_and_reads_back_everything_then_reads_pow
 
 def test_a_dual_head_is_addressed_by_chan2_and_shares_its_masters_module_settings():
     pairs = ([NO_ERROR] + module(1) + module(2) + channel("1:CHAN2") + channel("2") + channel("1")
-             + [("READ1:CHAN2:POW?", "+6.25E-06"), ("READ2:POW?", "-1.2E-09"),
-                ("READ1:POW?", "+2.5E-05")])
+             + [("READ1:CHAN2:POW?", nr3("6.25E-06")), ("READ2:POW?", nr3("-1.2E-09")),
+                ("READ1:POW?", nr3("2.5E-05"))])
     with expected_protocol(Keysight816xDetector, pairs, channels=["1:2", "2:1", "1:1"]) as meter:
         assert meter.channels == 3
         assert np.array_equal(meter.read(), [[6.25e-06, -1.2e-09, 2.5e-05]])  # in listed order
@@ -158,7 +165,7 @@ def test_through_pyvisa_against_the_shipped_simulation():
     meter = Keysight816xDetector(SIM, channels=["1:1", "1:2"], wavelength_nm=1310,
                                  averaging_time_s=0.0005)
     try:
-        assert meter.identify().startswith("Keysight Technologies,8164B,")
+        assert meter.identify().startswith("Agilent Technologies,8164B,")
         assert meter.meter.channels["1:2"].wavelength_nm == pytest.approx(1310)
         assert meter.meter.modules[1].averaging_time_s == pytest.approx(0.0005)
         assert np.array_equal(meter.read(), [[2.5e-05, 6.25e-06]])
@@ -172,7 +179,7 @@ def test_through_pyvisa_against_the_shipped_simulation():
 ])
 def test_the_simulation_refuses_what_the_module_cannot_do_and_the_next_session_opens(options,
                                                                                    command):
-    with pytest.raises(InstrumentFault, match=re.escape(f"'{command}' -> SYST:ERR? -> -100,")):
+    with pytest.raises(InstrumentFault, match=re.escape(f"'{command}' -> SYST:ERR? -> -222,")):
         Keysight816xDetector(SIM, **options)
     meter = Keysight816xDetector(SIM, channels=["1:2"], wavelength_nm=1550)  # the queue is empty
     try:
@@ -188,17 +195,17 @@ def test_rig_check_on_the_simulated_protocol(tmp_path, capsys):
     code = main(["rig", "check", str(rig)])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "Keysight Technologies,8164B" in out
+    assert "Agilent Technologies,8164B" in out
     assert "2 ch, reading range [6.25e-06, 2.5e-05] W" in out
 
 
 def test_discovery_recognises_the_simulated_mainframe_and_its_snippet_opens(tmp_path, capsys):
     assert main(["instruments", "--only", "--visa-library", f"{SIMULATION}@sim"]) == 0
     out = capsys.readouterr().out
-    assert any(line.split()[:2] == ["GPIB0::20::INSTR", "keysight.816x"]
+    assert any(line.split()[:2] == ["GPIB0::20::INSTR@sim", "keysight.816x"]
                for line in out.splitlines())
     snippet = yaml.safe_load(out[out.index("instruments:"):])
     rig = tmp_path / "found.yaml"
     rig.write_text(yaml.safe_dump({"name": "found", **snippet}))
     assert main(["rig", "check", str(rig)]) == 0
-    assert "Keysight Technologies,8164B" in capsys.readouterr().out
+    assert "Agilent Technologies,8164B" in capsys.readouterr().out

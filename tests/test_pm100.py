@@ -13,14 +13,14 @@ from satlab.cli import main
 from satlab.instruments import InstrumentFault
 
 SENSOR = [("SYST:SENSOR:IDN?", "S122C,12345678,10-Jan-2024,1,18,289")]
-RANGE = [("SENS:CORR:WAV? MIN", "700"), ("SENS:CORR:WAV? MAX", "1800")]
+RANGE = [("SENS:CORR:WAV? MIN", "7.000000E+02"), ("SENS:CORR:WAV? MAX", "1.800000E+03")]
 SIM = "USB0::0x1313::0x8072::P2000000::INSTR@sim"
 
 
 def test_opening_sets_and_reads_back_wavelength_and_averaging_then_reads_power():
     adapter = ProtocolAdapter(SENSOR + RANGE + [
-        ("SENSE:CORR:WAV 1310", None), ("SENSE:CORR:WAV?", "1310"),
-        ("SENS:AVER:COUN 10", None), ("SENS:AVER:COUN?", "10"), ("MEAS:POW?", "2.5E-05")])
+        ("SENSE:CORR:WAV 1310", None), ("SENSE:CORR:WAV?", "1.310000E+03"),
+        ("SENS:AVER:COUN 10", None), ("SENS:AVER:COUN?", "10"), ("MEAS:POW?", "2.500000E-05")])
     meter = Pm100Detector(adapter, wavelength_nm=1310, averages=10)
     assert np.array_equal(meter.read(), [[2.5e-05]])
     assert adapter._index == len(adapter.comm_pairs)
@@ -37,7 +37,7 @@ def test_a_wavelength_the_sensor_cannot_correct_is_refused_before_it_is_sent():
 def test_through_pyvisa_against_the_shipped_simulation():
     meter = Pm100Detector(SIM, wavelength_nm=1310, averages=4)
     try:
-        assert meter.identify() == ("Thorlabs,PM100USB,P2000000,1.7.0 (pyvisa-sim); sensor S122C "
+        assert meter.identify() == ("Thorlabs,PM100USB,P2004081,1.4.0; sensor S122C "
                                     "12345678")
         assert meter.meter.wavelength == 1310
         assert meter.read().shape == (1, 1) and meter.read()[0, 0] == pytest.approx(1.2345e-4)

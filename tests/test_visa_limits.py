@@ -52,18 +52,25 @@ def wire(monkeypatch):
 
 def currents_on_the_wire(messages: list[tuple[str, str]]) -> tuple[dict, dict]:
     """Per channel: the setpoint first read back (what the rig found on opening, before it
-    sent any current), and every current sent."""
+    sent any current), and every current sent. A TSP line may hold several statements
+    (``;``), each query among them answered by a reply line of its own, in order."""
     found: dict[str, float] = {}
     sent: dict[str, list[float]] = {}
-    for (kind, text), following in zip(messages, [*messages[1:], ("write", "")], strict=True):
-        if kind != "write":
+    pending: list[str | None] = []  # the channels whose setpoints the next reads answer
+    for kind, text in messages:
+        if kind == "read":
+            channel = pending.pop(0) if pending else None
+            if channel is not None and channel not in sent and channel not in found:
+                found[channel] = float(text)
             continue
-        if m := CURRENT.search(text):
-            sent.setdefault(m["smu"] or "a", []).append(float(m["value"]))
-        elif (m := SETPOINT.search(text)) and following[0] == "read":
-            channel = m["smu"] or "a"
-            if channel not in sent and channel not in found:
-                found[channel] = float(following[1])
+        pending = []
+        for statement in text.split(";"):
+            if m := CURRENT.search(statement):
+                sent.setdefault(m["smu"] or "a", []).append(float(m["value"]))
+            elif m := SETPOINT.search(statement):
+                pending.append(m["smu"] or "a")
+            elif statement.endswith("?") or statement.startswith("print("):
+                pending.append(None)
     return found, sent
 
 
