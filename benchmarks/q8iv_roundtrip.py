@@ -47,13 +47,13 @@ def main() -> None:
         raw.write(f"I3={value(k):.4f}\n".encode())
         assert raw.readline() == b"OK\n"
         raw.write(b"I3?\n")
-        float(raw.readline())
+        float(raw.readline().split()[0])  # "+1.0021 mA"
     t_raw = per_write(raw_write, args.writes)
     raw.close()
 
     adapter = SerialAdapter(port, baudrate=115200, timeout=1.0, read_termination="\n",
                             write_termination="\n")
-    device = Q8iv(adapter)
+    device = Q8iv(adapter, port)
 
     def protocol_write(k: int) -> None:
         device.ch_3.current_mA = value(k)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 
 from satlab.simulators.mrr_bank import MrrBench
-from satlab.simulators.q8iv_emulator import CHANNELS_PER_MODULE, Q8ivEmulator
+from satlab.simulators.q8iv_emulator import CHANNELS_PER_MODULE, Q8ivEmulator, check_line_options
 
-from satlab.validation import OptionError, require_count
+from satlab.validation import OptionError
 
 
 class Q8ivMrrBench(MrrBench):
@@ -41,11 +41,7 @@ class Q8ivMrrBench(MrrBench):
                       latency_timer_s: float = 0.0, **options) -> None:
         """Validate rig-file options without building a bench."""
         MrrBench.check_options(noise_seed=noise_seed, rows=rows, cols=cols, **options)
-        if baud_rate is not None:
-            require_count("baud_rate", baud_rate, 1)
-        for name, value in (("reply_latency_s", reply_latency_s), ("latency_timer_s", latency_timer_s)):
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
-                raise OptionError(name, f"expected seconds in [0, 1], got {value!r}")
+        check_line_options(baud_rate, reply_latency_s, latency_timer_s)
         if modules is not None and not (isinstance(modules, int) and not isinstance(modules, bool)
                                         and modules * CHANNELS_PER_MODULE >= rows * cols):
             raise OptionError("modules", f"expected an integer with 8 x modules >= rows x cols = "

@@ -38,6 +38,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from satlab.validation import OptionError, require_count
+
 OVER_VOLTAGE, OVER_CURRENT, UNKNOWN_COMMAND, BAD_PARAMETER, BAD_CHANNEL = 1, 2, 10, 11, 12
 CHANNELS_PER_MODULE = 8
 FIRMWARE = "v2.4.1"  # the recorded chain's
@@ -239,3 +241,35 @@ class Q8ivEmulator:
         thread = getattr(self, "_thread", None)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+
+
+def check_line_options(baud_rate: int | None = None, reply_latency_s: float = 0.0,
+                       latency_timer_s: float = 0.0) -> None:
+    """Validate an emulated line's pacing options (rig-file options)."""
+    if baud_rate is not None:
+        require_count("baud_rate", baud_rate, 1)
+    for name, value in (("reply_latency_s", reply_latency_s), ("latency_timer_s", latency_timer_s)):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+            raise OptionError(name, f"expected seconds in [0, 1], got {value!r}")
+
+
+class Q8ivChain(Q8ivEmulator):
+    """An emulated chain as a rig file's resource: serving its pty from the moment the rig
+    builds it, closed with the rig; a ``qontrol.q8iv`` instrument names it as ``resource``."""
+
+    @staticmethod
+    def check_options(modules: int = 1, baud_rate: int | None = None, reply_latency_s: float = 0.0,
+                      latency_timer_s: float = 0.0) -> None:
+        """Validate rig-file options without starting a chain."""
+        require_count("modules", modules, 1, highest=256)
+        check_line_options(baud_rate, reply_latency_s, latency_timer_s)
+
+    def __init__(self, modules: int = 1, baud_rate: int | None = None, reply_latency_s: float = 0.0,
+                 latency_timer_s: float = 0.0) -> None:
+        super().__init__(modules=modules, baud_rate=baud_rate, reply_latency_s=reply_latency_s,
+                         latency_timer_s=latency_timer_s)
+        self.start()
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.stop()
