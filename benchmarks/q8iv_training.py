@@ -28,8 +28,7 @@ def all_simulated(rig: dict) -> dict:
     """The same bank with the simulated heater source instead of the Q8iv chain."""
     rig = json.loads(json.dumps(rig))
     options = rig["resources"]["chip"]["options"]
-    for line_option in ("modules", "baud_rate", "reply_latency_s", "latency_timer_s"):
-        options.pop(line_option)
+    options.pop("modules")
     rig["resources"]["chip"]["driver"] = "simulated.mrr_bench"
     rig["instruments"]["heaters"].update(driver="simulated.mrr_heaters", options={})
     return rig
@@ -41,7 +40,8 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=100)
     args = ap.parse_args()
     q8iv_rig = yaml.safe_load((CONFIGS / "mrr-q8iv-sim.yaml").read_text())
-    q8iv_rig["resources"]["chip"]["options"]["baud_rate"] = None  # unpaced
+    for line_option in ("baud_rate", "reply_latency_s", "latency_timer_s"):  # unpaced
+        q8iv_rig["resources"]["chip"]["options"].pop(line_option)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
