@@ -54,3 +54,13 @@ def discard_stale_replies(adapter: Adapter) -> None:
         pass
     finally:
         connection.timeout = timeout
+
+
+def with_serial(name: str, idn: str) -> str:
+    """``Keithley 2400 at GPIB0::24::INSTR`` with the serial number of a ``*IDN?`` reply
+    (its third field): ``Keithley 2400 #1248014 at GPIB0::24::INSTR``."""
+    fields = [field.strip() for field in idn.split(",")]
+    if len(fields) < 3 or not fields[2] or " at " not in name or "#" in name:
+        return name
+    model, _, where = name.partition(" at ")
+    return f"{model} #{fields[2]} at {where}"

@@ -131,7 +131,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, CheckpointError, UnsafeShutdown):
         raise
     except Exception as exc:  # e.g. an instrument fault: the rig is safe (else UnsafeShutdown)
-        print(f"error: {type(exc).__name__}: {exc}\nthe rig was put in its safe state."
+        # a fault names its instrument itself; anything else is named by its type
+        what = str(exc) if isinstance(exc, (InstrumentFault, RigError)) else f"{type(exc).__name__}: {exc}"
+        print(f"error: {what} (the rig was left in its safe state)"
               f"{_resume_hint(run_dir, cfg.training.methods)}", file=sys.stderr)
         return 1
     _report(run_dir)
@@ -154,11 +156,11 @@ def _resume_hint(run_dir: Path, methods: list[str]) -> str:
             if _verified_checkpoint(run_dir / method):
                 read_back.append(method)
         except (CheckpointError, OSError):
-            return (f" The checkpoint of {method} does not read back: the run cannot be resumed "
+            return (f"\nThe checkpoint of {method} does not read back: the run cannot be resumed "
                     "as it is.")
     if not read_back:
         return ""
-    return (f" The checkpoints of {', '.join(read_back)} read back; continue with\n"
+    return (f"\nThe checkpoints of {', '.join(read_back)} read back; continue with\n"
             f"  satlab train --resume {run_dir}")
 
 

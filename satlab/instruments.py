@@ -30,6 +30,15 @@ class InstrumentFault(RuntimeError):
         return f"{where}{self.instrument}: {self.command!r} -> {self.reply}"
 
 
+def shown(reply: object) -> str:
+    """A reply as a fault shows it: a text quoted, its first 40 printable characters."""
+    if not isinstance(reply, (str, bytes)):
+        return repr(reply)
+    text = reply.decode("ascii", "replace") if isinstance(reply, bytes) else reply
+    printable = "".join(c for c in text if c.isprintable())
+    return repr(printable[:40] + ("..." if len(printable) > 40 else ""))
+
+
 @dataclass
 class WireTime:
     """Time an instrument's line has taken: writes (each with its read-back) and reads."""

@@ -26,7 +26,10 @@ def test_fault_leaves_rig_safe_and_checkpoint_resumable(tmp_path):
 
     result = satlab("train", cfg, "--run-dir", run)
     assert result.returncode == 1
-    assert "OSError: simulated heater source: no reply to write #101" in result.stderr
+    first = result.stderr.splitlines()[0]  # one line: the rig file's name for it first
+    assert first.startswith("error: heaters_fc2: simulated MRR heater source")
+    assert first.endswith("'set_currents' -> OSError: simulated heater source: no reply to "
+                          "write #101 (the rig was left in its safe state)")
     assert f"satlab train --resume {run}" in result.stderr
     output, max_current, _ = trace.read_text().splitlines()[-1].split()
     assert output == "0" and float(max_current) == 0.0  # ramped down and switched off

@@ -4,6 +4,7 @@ rings. A dropped connection mid-run is reported honestly, and after the port is 
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def config(tmp: Path, drop_after: int | None) -> Path:
 def test_a_disconnect_mid_training_then_resume_matches_the_uninterrupted_run(tmp_path):
     whole = satlab("train", config(tmp_path, None), "--run-dir", tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
+    wire = json.loads((tmp_path / "whole" / "sat" / "summary.json").read_text())["wire"]["heaters"]
+    assert wire["writes"] > 0 and wire["ms_per_write"] > 0  # the line's time, measured
 
     cut = tmp_path / "cut"
     result = satlab("train", config(tmp_path, 300), "--run-dir", cut)

@@ -19,7 +19,7 @@ from pymeasure.instruments.keithley import Keithley2600
 from pymeasure.instruments.keithley.keithley2600 import Channel
 from satlab.drivers.keithley.source_session import KeithleySource, check_compliance
 
-from satlab.instruments import InstrumentFault
+from satlab.instruments import InstrumentFault, shown
 from satlab.validation import require_count, require_seconds
 
 
@@ -78,7 +78,7 @@ class Keithley2600Source(KeithleySource):
         levels = []
         for query, got in self._levels():
             if isinstance(got, str):
-                raise InstrumentFault(self.name, query, f"not a number: {got!r}")
+                raise InstrumentFault(self.name, query, f"not a number: {shown(got)}")
             levels.append(got)
         return np.array(levels)
 

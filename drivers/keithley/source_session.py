@@ -15,9 +15,9 @@ from typing import ClassVar, TypeVar
 import numpy as np
 from pymeasure.adapters import Adapter
 from pymeasure.instruments import Instrument
-from satlab.drivers.visa_session import discard_stale_replies, open_adapter
+from satlab.drivers.visa_session import discard_stale_replies, open_adapter, with_serial
 
-from satlab.instruments import CurrentSource, InstrumentFault
+from satlab.instruments import CurrentSource, InstrumentFault, shown
 from satlab.validation import OptionError, require_seconds
 
 T = TypeVar("T")
@@ -50,8 +50,10 @@ class KeithleySource(CurrentSource):
     smu: Instrument
 
     def identify(self) -> str:
-        """The instrument's *IDN? reply."""
-        return self._exchange("*IDN?", lambda: self.smu.id)
+        """The instrument's *IDN? reply; faults name its serial number from now on."""
+        idn = self._exchange("*IDN?", lambda: self.smu.id)
+        self.name = self.smu.name = with_serial(self.name, idn)
+        return idn
 
     def close(self) -> None:
         """Release the VISA session."""
@@ -85,7 +87,7 @@ class KeithleySource(CurrentSource):
         got = self._exchange(command, read)
         if isinstance(got, bool) or not isinstance(got, (int, float)):
             discard_stale_replies(self.smu.adapter)
-            raise InstrumentFault(self.name, command, f"not a number: {got!r}")
+            raise InstrumentFault(self.name, command, f"not a number: {shown(got)}")
         return float(got)
 
     def _read_back(self, command: str, read: Callable[[], object], expected: float | str) -> None:
@@ -100,7 +102,7 @@ class KeithleySource(CurrentSource):
             wanted = f"{expected:.7g}"
         if not same:
             discard_stale_replies(self.smu.adapter)
-            raise InstrumentFault(self.name, command, f"read back {got!r}, expected {wanted}")
+            raise InstrumentFault(self.name, command, f"read back {shown(got)}, expected {wanted}")
 
     def _check_output(self, command: str, on: object, enabled: bool) -> None:
         if on is not bool(enabled):

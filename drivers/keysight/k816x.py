@@ -19,9 +19,9 @@ import numpy as np
 import pyvisa
 from pymeasure.instruments import Channel, Instrument, SCPIMixin
 from pymeasure.instruments.validators import strict_discrete_set, strict_range
-from satlab.drivers.visa_session import discard_stale_replies, open_adapter
+from satlab.drivers.visa_session import discard_stale_replies, open_adapter, with_serial
 
-from satlab.instruments import InstrumentFault, Photodetector
+from satlab.instruments import InstrumentFault, Photodetector, shown
 from satlab.validation import OptionError, require_seconds
 
 SIMULATION = Path(__file__).with_name("sim.yaml")
@@ -121,7 +121,7 @@ class Keysight816x(SCPIMixin, Instrument):
             if _NO_ERROR.match(reply):
                 return
             if not _ERROR.match(reply):  # not a meter that speaks this SCPI, or garbage
-                raise InstrumentFault(self.name, "SYST:ERR?", f"not an error-queue reply: {reply!r}")
+                raise InstrumentFault(self.name, "SYST:ERR?", f"not an error-queue reply: {shown(reply)}")
         raise InstrumentFault(self.name, "SYST:ERR?", f"still reporting errors after {limit} reads")
 
 
@@ -184,6 +184,7 @@ class Keysight816xDetector(Photodetector):
     def identify(self) -> str:
         """The instrument's *IDN? and the channels read."""
         idn = self._exchange(getattr, self.meter, "id")
+        self.name = self.meter.name = with_serial(self.name, idn)
         return f"{idn.strip()}; channels {', '.join(self.meter.channels)}"
 
     def read(self) -> np.ndarray:
@@ -193,7 +194,7 @@ class Keysight816xDetector(Photodetector):
             power = self._exchange(getattr, channel, "power")
             if not (isinstance(power, float) and abs(power) < OVER_RANGE_W):  # also not NaN
                 raise InstrumentFault(self.name, self.meter.last_command,
-                                      f"not a power within ±{OVER_RANGE_W:g} W: {power!r}")
+                                      f"not a power within ±{OVER_RANGE_W:g} W: {shown(power)}")
             powers.append(power)
         return np.array([powers])
 
@@ -211,7 +212,7 @@ class Keysight816xDetector(Photodetector):
         if not same:
             discard_stale_replies(self.meter.adapter)
             raise InstrumentFault(self.name, self.meter.last_command,
-                                  f"{setting} read back {got!r}, expected {value!r}")
+                                  f"{setting} read back {shown(got)}, expected {value!r}")
 
     def _exchange(self, action, *args):
         try:

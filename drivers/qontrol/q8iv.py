@@ -22,7 +22,7 @@ import numpy as np
 from pymeasure.adapters import SerialAdapter
 from pymeasure.instruments import Channel, Instrument
 
-from satlab.instruments import CurrentSource, InstrumentFault, WireTime
+from satlab.instruments import CurrentSource, InstrumentFault, WireTime, shown
 from satlab.validation import OptionError, require_count, require_seconds
 
 # qontrol.py's COMMON_ERRORS and Qx_ERRORS
@@ -90,7 +90,7 @@ class Q8iv(Instrument):
         for line in self.until_marker("nupall?"):
             module = parse_module(line)
             if module is None:
-                raise InstrumentFault(self.name, "nupall?", f"not a module line: {_shown(line)}")
+                raise InstrumentFault(self.name, "nupall?", f"not a module line: {shown(line)}")
             self.chain.append(module)
         self.n_channels = sum(channels for _, channels, _ in self.chain)
         if not self.n_channels:
@@ -142,7 +142,7 @@ class Q8iv(Instrument):
             if isinstance(self.adapter, SerialAdapter):  # see the terminator, not only the text
                 raw = self.adapter.connection.read_until(b"\n")
                 if raw and not raw.endswith(b"\n"):
-                    raise InstrumentFault(self.name, self._last, f"reply cut off: {_shown(raw)}",
+                    raise InstrumentFault(self.name, self._last, f"reply cut off: {shown(raw)}",
                                           transient=True)
                 reply = raw.decode("ascii", "replace").strip()
             else:
@@ -158,7 +158,7 @@ class Q8iv(Instrument):
         """A setting is answered ``OK`` and nothing else."""
         reply = self.read()
         if not _OK.match(reply):
-            raise InstrumentFault(self.name, self._last, f"expected OK, got {_shown(reply)}",
+            raise InstrumentFault(self.name, self._last, f"expected OK, got {shown(reply)}",
                                   transient=True)
         return []
 
@@ -166,7 +166,7 @@ class Q8iv(Instrument):
         value = parse_quantity(reply, unit)
         if value is None:
             raise InstrumentFault(self.name, self._last, f"expected a number in {unit}, got "
-                                  f"{_shown(reply)}", transient=True)
+                                  f"{shown(reply)}", transient=True)
         return value
 
     def _raise_error_line(self, line: str, unprompted: bool = False) -> None:
@@ -200,13 +200,6 @@ class Q8iv(Instrument):
         except OSError as exc:
             raise InstrumentFault(self.name, "(reading unprompted lines)",
                                   f"the port failed ({exc})") from None
-
-
-def _shown(reply: str | bytes) -> str:
-    """A reply as a fault shows it: its first 40 printable characters, quoted."""
-    text = reply.decode("ascii", "replace") if isinstance(reply, bytes) else reply
-    printable = "".join(c for c in text if c.isprintable())
-    return repr(printable[:40] + ("..." if len(printable) > 40 else ""))
 
 
 def serial_port(address: str) -> str:
@@ -268,16 +261,14 @@ class Q8ivSource(CurrentSource):
                                       f"{modules}")
             starts = np.cumsum([0] + [channels for _, channels, _ in chain])
             self.modules = [range(a, b) for a, b in zip(starts[:-1], starts[1:])]
-            latencies = []  # each one-line query timed, less its bytes: the line's latency
-
-            def timed(query):
-                start = time.perf_counter()
-                reply = query()
+            answers, latencies = {}, []
+            for command, query in (("ifull?", self.device.quantity), ("vfull?", self.device.quantity),
+                                   ("firmware?", self.device.ask)):
+                start = time.perf_counter()  # each timed, less its ~20 bytes: the line's latency
+                answers[command] = query(command)
                 latencies.append(time.perf_counter() - start - 20 * self.byte_s)
-                return reply
-            self.max_current = timed(lambda: self.device.quantity("ifull?")) * 1e-3
-            self.full_scale_V = timed(lambda: self.device.quantity("vfull?"))
-            self.firmware = timed(lambda: self.device.ask("firmware?"))
+            self.max_current = answers["ifull?"] * 1e-3
+            self.full_scale_V, self.firmware = answers["vfull?"], answers["firmware?"]
             self.latency_s = max(0.0, median(latencies))
         except BaseException:
             adapter.close()

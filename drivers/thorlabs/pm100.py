@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 from pymeasure.instruments.thorlabs import ThorlabsPM100USB
-from satlab.drivers.visa_session import open_adapter
+from satlab.drivers.visa_session import open_adapter, with_serial
 
-from satlab.instruments import InstrumentFault, Photodetector
+from satlab.instruments import InstrumentFault, Photodetector, shown
 from satlab.validation import OptionError, require_count, require_seconds
 
 SIMULATION = Path(__file__).with_name("sim.yaml")
@@ -64,7 +64,9 @@ class Pm100Detector(Photodetector):
         try:
             serial = self.meter.sensor_sn  # pymeasure reads it as a number where it can
             serial = f"{serial:.0f}" if isinstance(serial, float) else serial
-            return f"{self.meter.id.strip()}; sensor {self.meter.sensor_name} {serial}"
+            idn = self.meter.id.strip()
+            self.name = self.meter.name = with_serial(self.name, idn)
+            return f"{idn}; sensor {self.meter.sensor_name} {serial}"
         except Exception as exc:
             raise InstrumentFault(self.name, "*IDN?", f"{type(exc).__name__}: {exc}") from None
 
@@ -75,7 +77,7 @@ class Pm100Detector(Photodetector):
         except Exception as exc:
             raise InstrumentFault(self.name, "MEAS:POW?", f"{type(exc).__name__}: {exc}") from None
         if not math.isfinite(power):
-            raise InstrumentFault(self.name, "MEAS:POW?", f"not a power: {power!r}")
+            raise InstrumentFault(self.name, "MEAS:POW?", f"not a power: {shown(power)}")
         return np.array([[power]])
 
     def close(self) -> None:
