@@ -16,7 +16,7 @@ from satlab.config import DEFAULT_CONFIG, RunConfig, load_config
 from satlab.instruments import InstrumentFault
 from satlab.process import prepare_for_training
 from satlab.rig import Rig, RigError, RigInterrupted, UnsafeShutdown
-from satlab.rigfile import load_rig_file
+from satlab.rigfile import VISA_BACKENDS, load_rig_file
 from satlab.sweeps import SweepOptionError
 from satlab.validation import CheckpointError, ConfigError, DataError
 
@@ -314,7 +314,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_instruments(args: argparse.Namespace) -> int:
     """Ask every port who it is; print what answered and rig-file snippets."""
-    from satlab.discovery import DEFAULT_BACKENDS, probing_drivers, rig_snippet, scan_serial, scan_visa
+    from satlab.discovery import (
+        DEFAULT_BACKENDS,
+        probing_drivers,
+        rig_snippet,
+        scan_serial,
+        scan_visa,
+    )
 
     if not args.timeout > 0:
         raise ConfigError("--timeout", "", f"expected seconds > 0, got {args.timeout:g}")
@@ -385,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", help="folder with the four MNIST IDX files (full MNIST)")
     t.add_argument("--epochs", type=_positive_int, help="override training.epochs")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
-    t.add_argument("--visa-backend", choices=("@py", "@ivi", "@sim"), help=VISA_BACKEND_HELP)
+    t.add_argument("--visa-backend", choices=VISA_BACKENDS, help=VISA_BACKEND_HELP)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(
@@ -422,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Validate RIG_FILE, open every instrument, print its "
                                     "identification and a reading, and leave the rig in its safe state.")
     c.add_argument("rig_file", metavar="RIG_FILE")
-    c.add_argument("--visa-backend", choices=("@py", "@ivi", "@sim"), help=VISA_BACKEND_HELP)
+    c.add_argument("--visa-backend", choices=VISA_BACKENDS, help=VISA_BACKEND_HELP)
     c.set_defaults(func=cmd_rig_check)
     d = rsub.add_parser("drivers", help="list the driver, simulator, twin and system names a rig "
                                         "file may use")

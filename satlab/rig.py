@@ -28,7 +28,7 @@ from satlab.instruments import (
     Positioner,
     WireTime,
 )
-from satlab.rigfile import InstrumentSpec, Limits, RigSpec, load_rig_file
+from satlab.rigfile import VISA_BACKENDS, InstrumentSpec, Limits, RigSpec, load_rig_file
 from satlab.systems import system_for
 from satlab.validation import ConfigError
 
@@ -271,7 +271,7 @@ class Rig:
         if inst.address is not None:
             kwargs["address"] = inst.address
             if (self.visa_backend and getattr(cls, "probe", ("",))[0] == "visa"
-                    and not inst.address.endswith(("@py", "@ivi", "@sim"))):
+                    and not inst.address.endswith(VISA_BACKENDS)):
                 kwargs["address"] += self.visa_backend
         if inst.resource is not None:
             kwargs["resource"] = self.resources[inst.resource]
@@ -315,6 +315,7 @@ class Rig:
             self.resources.clear()
             self.applied.clear()
             self.faulted.clear()
+            self.identities.clear()
         finally:
             self._closing = False
             for signum, handler in held.items():

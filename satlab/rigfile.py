@@ -26,6 +26,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+VISA_BACKENDS = ("@py", "@ivi", "@sim")  # pyvisa-py, an installed IVI VISA, the simulations
 MAX_RAMP_WRITES = 10_000  # a ramp from zero to full scale must finish in this many writes
 MAX_SETTLE_S = 60.0  # longer waits per write are a typo (ms meant as s), not an instrument
 
