@@ -187,6 +187,12 @@ def test_a_reply_in_no_documented_form_is_a_fault():
         source.get_currents()
 
 
+def test_a_chain_that_does_not_acknowledge_its_enumeration_is_a_fault():
+    pairs = OPENING[:2] + [("id?", "NOPE"), (None, "Q8iv-0007")]
+    with pytest.raises(InstrumentFault, match=r"'nup=0' -> expected OK, got 'NOPE'"):
+        Q8ivSource(adapter=ProtocolAdapter(pairs, connection_attributes=QUIET))
+
+
 def test_a_chain_that_is_not_the_rig_files_is_refused_at_opening():
     with pytest.raises(InstrumentFault, match=r"'nupall\?' -> the chain has 1 module\(s\) "
                                               r"\(Q8iv-0007: 0\), but options.modules says 2"):

@@ -19,7 +19,7 @@ from pymeasure.instruments.keithley import Keithley2600
 from pymeasure.instruments.keithley.keithley2600 import Channel
 from satlab.drivers.keithley.source_session import KeithleySource, check_compliance
 
-from satlab.instruments import InstrumentFault, shown
+from satlab.instruments import InstrumentFault
 from satlab.validation import require_count, require_seconds
 
 
@@ -57,15 +57,13 @@ class Keithley2600Source(KeithleySource):
                 self._open_channel(smu, compliance_voltage)
 
     def set_currents(self, currents: np.ndarray) -> None:
-        """Set every channel's source current and read it back: both channels in one TSP
-        line of statements, read back with one line of print() calls."""
+        """Set every channel's source current in one TSP line of statements, and read them
+        back with one line of print() calls."""
         targets = np.asarray(currents, dtype=float).reshape(-1)
         if len(targets) != len(self.smus):
             raise ValueError(f"expected {len(self.smus)} currents, got {len(targets)}")
-        if len(self.smus) == 1:
-            self._set_level(self.smus[0], float(targets[0]))
-            return
-        # pymeasure's source_current sends %f (whole microamps) and clips at 1.5 A: %g instead
+        # pymeasure's source_current sends %f, whole microamps (0.0012345 A goes out as
+        # 0.001234 or 0.001235), and clips at 1.5 A: the levels go out with %g instead
         command = ";".join(f"smu{smu.channel}.source.leveli={t:g}" for smu, t in zip(self.smus, targets))
         self._exchange(command, lambda: self.smu.write(command))
         for (query, got), target in zip(self._levels(), targets):
@@ -73,14 +71,7 @@ class Keithley2600Source(KeithleySource):
 
     def get_currents(self) -> np.ndarray:
         """The source current setpoint of every channel (A)."""
-        if len(self.smus) == 1:
-            return np.array([self._level(self.smus[0])])
-        levels = []
-        for query, got in self._levels():
-            if isinstance(got, str):
-                raise InstrumentFault(self.name, query, f"not a number: {shown(got)}")
-            levels.append(got)
-        return np.array(levels)
+        return np.array([self._number(query, lambda got=got: got) for query, got in self._levels()])
 
     def _levels(self) -> list[tuple[str, float | str]]:
         """Every channel's level from one line of print() statements (one reply line each):
@@ -101,16 +92,6 @@ class Keithley2600Source(KeithleySource):
         smu.compliance_voltage = compliance_voltage
         self._read_back(f"print(smu{smu.channel}.source.limitv)", lambda: smu.compliance_voltage,
                         compliance_voltage)
-
-    def _set_level(self, smu: Channel, target: float) -> None:
-        # pymeasure's source_current sends %f, whole microamps (0.0012345 A goes out as
-        # 0.001234 or 0.001235), and clips at 1.5 A: the level goes out with %g instead
-        command = f"source.leveli={target:g}"
-        self._exchange(f"smu{smu.channel}.{command}", lambda: smu.write(command))
-        self._read_back(f"print(smu{smu.channel}.source.leveli)", lambda: smu.source_current, target)
-
-    def _level(self, smu: Channel) -> float:
-        return self._number(f"print(smu{smu.channel}.source.leveli)", lambda: smu.source_current)
 
     def _switch(self, smu: Channel, enabled: bool) -> None:
         self._exchange(f"smu{smu.channel}.source.output={int(enabled)}",

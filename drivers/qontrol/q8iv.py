@@ -85,7 +85,9 @@ class Q8iv(Instrument):
         self.identity = self.ask("id?")  # also the marker that resynchronises the line
         self.name = f"{self.identity} at {address}"
         # qontrol.py: nup=0 restarts the chain's enumeration, nupall? lists its modules
-        self.until_marker("nup=0")
+        for line in self.until_marker("nup=0"):  # an OK from each module
+            if not _OK.match(line):
+                raise InstrumentFault(self.name, "nup=0", f"expected OK, got {shown(line)}")
         self.chain = []
         for line in self.until_marker("nupall?"):
             module = parse_module(line)
