@@ -108,6 +108,9 @@ class RigSpec(Strict):
     name: str = Field(description="defaults to the file's name without .yaml")
     visa_backend: Literal["@py", "@ivi", "@sim"] | None = Field(
         None, description="VISA backend of every VISA address that does not name its own")
+    calibration: Path | None = Field(
+        None, description="a calibration folder (satlab calibrate): twins and weight maps use "
+                          "it; relative to the rig file")
     resources: dict[str, PluginSpec] = {}
     instruments: dict[str, InstrumentSpec] = Field(min_length=1)
     system: SerializeAsAny[SystemSpec] | None = None
@@ -169,5 +172,10 @@ def load_rig_file(path: str | Path) -> RigSpec:
     data = read_yaml(path)
     data.setdefault("name", path.stem)  # a rig is named after its file unless it says otherwise
     spec = load_model(path, RigSpec, data)
+    if spec.calibration is not None:
+        from satlab.calibration.store import load_calibration
+
+        spec.calibration = (path.parent / spec.calibration).resolve()
+        load_calibration(spec.calibration)  # a corrupt one stops here, before anything opens
     _check_references(path, spec)
     return spec

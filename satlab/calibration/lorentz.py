@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import curve_fit
 
-from satlab.rig import Rig
+if TYPE_CHECKING:
+    from satlab.rig import Rig
 
 
 @dataclass(frozen=True)

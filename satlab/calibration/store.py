@@ -37,6 +37,7 @@ class StepResult:
     rig_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)  # by ring / region: never fitted silently
     plot: Callable[[Path], None] | None = None  # writes the step's PNG
+    files: dict[str, str] = field(default_factory=dict)  # other files by name, e.g. a LUT
 
 
 class _Strict(BaseModel):
@@ -51,6 +52,7 @@ class StepRecord(_Strict):
     queries: int = Field(ge=0)
     rig_seconds: FiniteNonNegative
     problems: list[str] = []
+    files: list[str] = []
     summary: dict[str, Any] = {}
 
 
@@ -105,9 +107,12 @@ def write_calibration(out: Path, rig_name: str, identities: dict[str, str],
             if step.plot is not None:
                 step.plot(tmp / f"{step.kind}.png")
                 plot = f"{step.kind}.png"
+            for name, text in step.files.items():
+                (tmp / name).write_text(text)
             records[step.kind] = {"arrays": f"{step.kind}.npz", "plot": plot, "queries": step.queries,
                                   "rig_seconds": round(step.rig_seconds, 6),
-                                  "problems": step.problems, "summary": step.summary}
+                                  "problems": step.problems, "files": sorted(step.files),
+                                  "summary": step.summary}
         meta = {"satlab_calibration": 1, "rig": rig_name,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "temperature_K": temperature_K, "instruments": identities, "steps": records}

@@ -85,7 +85,7 @@ class D2nnLayerTwin(torch.nn.Module):
 class D2nnLayerBackend(LayerBackend):
     """Shows the masks, loads the digits, reads the detector regions."""
 
-    def __init__(self, rig: Rig, spec: D2nnLayerSpec) -> None:
+    def __init__(self, rig: Rig, spec: D2nnLayerSpec, twin: torch.nn.Module | None = None) -> None:
         super().__init__()
         self.rig, self.spec, self.name = rig, spec, spec.name
         slm = rig.instruments[spec.slms[0]]
@@ -97,7 +97,7 @@ class D2nnLayerBackend(LayerBackend):
         n = self.pixels.size * len(spec.slms)
         self.controls = ControlSpace("SLM phase", "rad", torch.zeros(n, dtype=torch.float64),
                                      torch.full((n,), 2 * math.pi, dtype=torch.float64))
-        twin = registry.lookup(spec.twin.driver)(**spec.twin.options)
+        twin = twin or registry.lookup(spec.twin.driver)(**spec.twin.options)
         self.twin = D2nnLayerTwin(twin, self.pixels, spec.exposure_s, self.regions)
         camera = rig.instruments[spec.camera]
         camera.set_roi(Roi(0, 0, *camera.shape))  # the regions are in full-sensor pixels
@@ -202,4 +202,5 @@ class D2nnSystem(System):
 
     def build_layers(self, rig: Rig) -> list[D2nnLayerBackend]:
         """The one diffractive layer."""
-        return [D2nnLayerBackend(rig, self.spec.layer)]
+        layer = self.spec.layer
+        return [D2nnLayerBackend(rig, layer, self.make_twin("system.layer.twin", layer.twin, layer.name))]

@@ -62,7 +62,7 @@ class FreeSpaceSystemSpec(SystemSpec):
 class FreeSpaceLayerBackend(LayerBackend):
     """Shows a layer's weights, loads its inputs, reads its tiles against the reference."""
 
-    def __init__(self, rig: Rig, spec: FreeSpaceLayerSpec) -> None:
+    def __init__(self, rig: Rig, spec: FreeSpaceLayerSpec, twin: torch.nn.Module | None = None) -> None:
         super().__init__()
         self.rig, self.spec, self.name = rig, spec, spec.name
         self.in_features, self.out_features = spec.in_features, spec.out_features
@@ -70,7 +70,7 @@ class FreeSpaceLayerBackend(LayerBackend):
         self.controls = ControlSpace("displayed weight", "1", torch.full((n,), -1.0, dtype=torch.float64),
                                      torch.ones(n, dtype=torch.float64))
         self.control_outputs = np.repeat(np.arange(spec.out_features), spec.in_features)
-        self.twin = registry.lookup(spec.twin.driver)(**spec.twin.options)
+        self.twin = twin or registry.lookup(spec.twin.driver)(**spec.twin.options)
         self._full_scale = 2**rig.instruments[spec.camera].bit_depth - 1
         self.attach_knobs(rig, spec.alignment)
 
@@ -149,4 +149,6 @@ class IncoherentFreeSpace(System):
 
     def build_layers(self, rig: Rig) -> list[FreeSpaceLayerBackend]:
         """One backend per layer."""
-        return [FreeSpaceLayerBackend(rig, layer) for layer in self.spec.layers]
+        return [FreeSpaceLayerBackend(rig, layer, self.make_twin(f"system.layers.{i}.twin", layer.twin,
+                                                                 layer.name))
+                for i, layer in enumerate(self.spec.layers)]

@@ -86,7 +86,7 @@ def currents_for_weights(backend: MrrLayerBackend, target: torch.Tensor, iters: 
 class MrrLayerBackend(LayerBackend):
     """Performs ``y = W(I) x`` for one physical layer on the rig, and holds its twin."""
 
-    def __init__(self, rig: Rig, spec: MrrLayerSpec) -> None:
+    def __init__(self, rig: Rig, spec: MrrLayerSpec, twin: torch.nn.Module | None = None) -> None:
         super().__init__()
         self.rig, self.spec, self.name = rig, spec, spec.name
         self.in_features, self.out_features = spec.in_features, spec.out_features
@@ -106,7 +106,7 @@ class MrrLayerBackend(LayerBackend):
             sharing = sum(layer.in_features * layer.out_features
                           for layer in rig.spec.system.layers if layer.heaters == spec.heaters)
             self.max_sum_sq = limits.max_total_power / limits.heater_resistance_ohm * n / sharing
-        self.twin: torch.nn.Module = registry.lookup(spec.twin.driver)(**spec.twin.options)
+        self.twin: torch.nn.Module = twin or registry.lookup(spec.twin.driver)(**spec.twin.options)
         self._loaded: tuple[torch.Tensor, int] | None = None
 
     def measure(self, x: torch.Tensor, settings: np.ndarray) -> np.ndarray:
@@ -217,4 +217,6 @@ class MrrWeightBank(System):
 
     def build_layers(self, rig: Rig) -> list[MrrLayerBackend]:
         """One backend per bank."""
-        return [MrrLayerBackend(rig, layer) for layer in self.spec.layers]
+        return [MrrLayerBackend(rig, layer, self.make_twin(f"system.layers.{i}.twin", layer.twin,
+                                                           layer.name))
+                for i, layer in enumerate(self.spec.layers)]

@@ -23,6 +23,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from satlab import registry
+from satlab.calibration.store import load_calibration
 from satlab.rigfile import PluginSpec, RigSpec, Strict, SystemSpec, check_plugin
 from satlab.validation import ConfigError, FinitePositive
 
@@ -248,6 +250,18 @@ class System(ABC):
         """ConfigError at ``field`` unless ``twin`` names a registered torch module."""
         check_plugin(self.path, field, twin.driver, {}, twin.options,
                      (nn.Module, "digital twin (torch module)"))
+
+    def make_twin(self, field: str, twin: PluginSpec, layer: str) -> nn.Module:
+        """Layer ``layer``'s twin: from the rig file's calibration if it names one, else
+        from the twin's own options (a preset)."""
+        cls = registry.lookup(twin.driver)
+        if self.rig_spec.calibration is None:
+            return cls(**twin.options)
+        build = getattr(cls, "from_calibration", None)
+        if build is None:
+            raise ConfigError(self.path, "calibration", f"{twin.driver} (at {field}) cannot be "
+                              "built from a calibration")
+        return build(load_calibration(self.rig_spec.calibration), layer, **twin.options)
 
     def check_open(self, rig: Rig) -> None:
         """What is known only once the instruments are open (e.g. channel counts)."""
