@@ -31,8 +31,18 @@ EPILOG = """examples:
   satlab evaluate runs/RUN --drift 0:2:21
   satlab evaluate runs/RUN --sweep drift_K=0:1:5 --sweep fabrication_std_nm=0,0.05 --draws 5
   satlab rig check my-rig.yaml          open a rig, identify and read every instrument
+  satlab calibrate my-rig.yaml -o cal/  measure rings, crosstalk, weight map (or SLM, camera)
   satlab report runs/RUN_A runs/RUN_B   compare runs in one plot
 """
+
+
+CALIBRATE_EPILOG = """examples:
+  satlab calibrate satlab/configs/mrr-tait-sim.yaml -o cal/tait
+  satlab calibrate my-rig.yaml --only wiring        only check the heater channel map
+  satlab calibrate satlab/configs/d2nn-sim.yaml --only slm_lut
+"""
+
+CALIBRATION_STEPS = ("wiring", "rings", "crosstalk", "weight_map", "camera", "slm_lut", "registration")
 
 
 EVALUATE_EPILOG = """examples:
@@ -108,11 +118,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = load_rig_file(cfg.rig)
     check_model_matches_rig(cfg, spec, config_path)
     data = _data(cfg, config_path)  # before the rig opens: bad data must not touch hardware
+    weights = None
+    if cfg.model.init_from is not None:
+        from satlab.deployment import load_weights
+        from satlab.systems import system_for
+
+        weights = load_weights(cfg.model.init_from, config_path,
+                               system_for(spec, cfg.rig).layer_shapes())
     finished = {m: _verified_checkpoint(run_dir / m) for m in cfg.training.methods} \
         if args.resume else {}  # a corrupt checkpoint stops here, before the rig opens
     print(f"data: {data.source}\nrig: {spec.name} ({cfg.rig})\nrun: {run_dir}")
     try:
         with Rig(spec, cfg.rig, visa_backend=args.visa_backend) as rig:
+            _check_calibration(spec, rig, args)
             if not args.resume:  # after opening: a rig that fails its open checks leaves no run
                 write_run_files(run_dir, cfg, spec.model_dump(mode="json", exclude_none=True))
             rig_start = rig.state_dict()
@@ -121,7 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 if state and state["done"] and (run_dir / method / "summary.json").exists():
                     print(f"{method}: already finished")
                     continue
-                s = train_method(cfg, rig, data, run_dir, method, rig_start, progress=not args.quiet)
+                s = train_method(cfg, rig, data, run_dir, method, rig_start, progress=not args.quiet,
+                                 weights=weights)
                 print(f"{method}: test accuracy {100 * s['test_accuracy']:.2f}% "
                       f"({s['rig_queries']} rig queries, {s['wall_seconds']:.0f} s)")
     except (KeyboardInterrupt, RigInterrupted) as exc:
@@ -138,6 +157,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     _report(run_dir)
     return 0
+
+
+def _check_calibration(spec, rig: Rig, args: argparse.Namespace) -> None:
+    """Warn (or, with --strict, refuse) when the rig's calibration is of other instruments or old."""
+    if spec.calibration is None:
+        return
+    from satlab.calibration.store import check_calibration, load_calibration
+
+    warn = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    check_calibration(load_calibration(spec.calibration), spec.name, rig.identities,
+                      args.calibration_max_age, args.strict, warn)
 
 
 def _verified_checkpoint(method_dir: Path) -> dict | None:
@@ -263,6 +293,44 @@ def _update_summary(run: Path, method: str, estimator: str, rig_queries: int,
         summary = {"method": method, "estimator": estimator, "rig_queries": rig_queries}
     summary.update(result)
     summary_path.write_text(strict_json.dumps(summary))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from satlab.calibration.bank_steps import WiringError
+    from satlab.calibration.job import BankOptions, check_budget, plan, run, summary_plot
+    from satlab.calibration.store import write_calibration
+    from satlab.systems import system_for
+
+    spec = load_rig_file(args.rig_file)
+    steps = plan(spec, Path(args.rig_file), args.only)
+    system = system_for(spec, args.rig_file)
+    if spec.system.type == "mrr_weight_bank":
+        check_budget(spec, Path(args.rig_file), system)
+    out = Path(args.output or Path("calibrations") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(out, "-o", "exists and is not an empty folder: a calibration needs its own")
+    options = BankOptions(args.tuning, args.coarse, args.dense, args.reach)
+    say = (lambda line: None) if args.quiet else print
+    print(f"rig: {spec.name} ({args.rig_file})\nsteps: {', '.join(steps)}")
+    try:
+        with Rig(spec, args.rig_file, visa_backend=args.visa_backend) as rig:
+            results = run(rig, system, steps, options, say)
+            identities = dict(rig.identities)
+    except WiringError as exc:
+        print(f"error: {spec.name}: wiring: {exc}; nothing else was measured (the rig was left in "
+              "its safe state)", file=sys.stderr)
+        return 1
+    write_calibration(out, spec.name, identities, results, args.temperature_K,
+                      summary_plot(spec.name, results))
+    for step in results:
+        print(f"{step.kind}: {step.queries} rig queries, {step.rig_seconds:.2f} s at the rig"
+              + (f", {len(step.problems)} problems" if step.problems else ""))
+        for line in step.problems[:10]:
+            print(f"  {line}")
+        if len(step.problems) > 10:
+            print(f"  ... {len(step.problems) - 10} more in {out / 'calibration.yaml'}")
+    print(f"calibration: {out}\nuse it: add `calibration: {out.resolve()}` to the rig file")
+    return 0
 
 
 def cmd_rig_check(args: argparse.Namespace) -> int:
@@ -392,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive_int, help="override training.epochs")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--visa-backend", choices=VISA_BACKENDS, help=VISA_BACKEND_HELP)
+    t.add_argument("--calibration-max-age", type=float, default=30.0, metavar="DAYS",
+                   help="warn when the rig file's calibration is older (default 30 days)")
+    t.add_argument("--strict", action="store_true",
+                   help="refuse a calibration of other instruments or older than its maximum age, "
+                        "instead of warning")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(
@@ -421,6 +494,36 @@ def build_parser() -> argparse.ArgumentParser:
                         "description, and exit (opens no rig)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_evaluate)
+
+    cal = sub.add_parser(
+        "calibrate", help="measure a rig's devices and write a calibration folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CALIBRATE_EPILOG,
+        description="Calibrate the devices of RIG_FILE through its instruments and write a "
+                    "calibration folder\n(calibration.yaml, arrays, plots, summary.png) that a rig "
+                    "file names with `calibration:`.\nMRR banks: wiring check, ring sweeps and fits, "
+                    "thermal crosstalk, weight <-> current map.\nD2NN benches: camera (dark, flat, "
+                    "regions, registration), SLM phase response (LUT).\nFree-space benches: the "
+                    "display -> camera registration.")
+    cal.add_argument("rig_file", metavar="RIG_FILE")
+    cal.add_argument("--only", nargs="+", choices=list(CALIBRATION_STEPS), metavar="STEP",
+                     help=f"run only these steps ({', '.join(CALIBRATION_STEPS)}); rings and "
+                          "weight_map always come together")
+    cal.add_argument("-o", "--output", help="the calibration folder to write (default: "
+                                            "calibrations/RIG-TIMESTAMP); must not exist or be empty")
+    cal.add_argument("--tuning", choices=("auto", "power", "current"), default="auto",
+                     help="what tunes a ring: heater power I^2R, the current, or auto: whichever "
+                          "the dips fit best (default)")
+    cal.add_argument("--coarse", type=_positive_int, default=64,
+                     help="coarse sweep points over each heater's range (default 64)")
+    cal.add_argument("--dense", type=_positive_int, default=16,
+                     help="dense sweep points around each dip (default 16)")
+    cal.add_argument("--reach", type=_positive_int, default=2,
+                     help="rings along a waveguide that a heater warms, each side (default 2)")
+    cal.add_argument("--temperature-K", type=float, dest="temperature_K",
+                     help="the chip's temperature, recorded with the calibration")
+    cal.add_argument("--quiet", action="store_true", help="no progress lines")
+    cal.add_argument("--visa-backend", choices=VISA_BACKENDS, help=VISA_BACKEND_HELP)
+    cal.set_defaults(func=cmd_calibrate)
 
     r = sub.add_parser("rig", help="rig tools", description="Rig tools.")
     rsub = r.add_subparsers(dest="rig_command", required=True, metavar="RIG_COMMAND")

@@ -66,6 +66,9 @@ class ModelConfig(Strict):
     conv_channels: list[PositiveInt] = [6, 16]
     physical: list[PositiveInt] = Field([32, 16, 10], min_length=2,
                                         description="features through the physical layers")
+    init_from: Path | None = Field(None, description=(
+        "start from trained weights: a run folder, a method folder or its weights.pt (e.g. "
+        "trained in silico), deployed onto the rig through each layer's weight map"))
     init_weight_range: float = Field(0.5, gt=0, le=1, description=(
         "spread of each physical layer's initial response (a weight bank: weights uniform "
         "in +-value)"))
@@ -122,7 +125,9 @@ class EstimatorConfig(Strict):
 class TrainingConfig(Strict):
     """Optimisation settings; SAT and plain training share all of them except rho."""
 
-    methods: list[Literal["sat", "plain"]] = Field(["sat", "plain"], min_length=1)
+    methods: list[Literal["sat", "plain", "weights"]] = Field(
+        ["sat", "plain"], min_length=1,
+        description="weights: deploy model.init_from and evaluate it, without training")
 
     @field_validator("methods")
     @classmethod
@@ -175,6 +180,12 @@ class RunConfig(Strict):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 
+    @model_validator(mode="after")
+    def _weights_need_a_source(self) -> RunConfig:
+        if "weights" in self.training.methods and self.model.init_from is None:
+            raise ValueError("training.methods: weights deploys trained weights; set model.init_from")
+        return self
+
 
 def load_config(path: str | Path) -> RunConfig:
     """Validate a config file; relative rig and data_dir paths are relative to the config file.
@@ -186,6 +197,8 @@ def load_config(path: str | Path) -> RunConfig:
     cfg.rig = (path.parent / cfg.rig).resolve()
     if not cfg.rig.is_file():
         raise ConfigError(path, "rig", f"no rig file at {cfg.rig}")
+    if cfg.model.init_from is not None:
+        cfg.model.init_from = (path.parent / cfg.model.init_from).resolve()
     if cfg.data.data_dir is not None:
         cfg.data.data_dir = (path.parent / cfg.data.data_dir).resolve()
     return cfg

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from satlab import checkpoint, strict_json
 from satlab.config import RunConfig, parse_range
 from satlab.data import Dataset, epoch_order
+from satlab.deployment import WEIGHTS_FILE, deploy, export_weights
 from satlab.estimators import ESTIMATORS, GradientEstimator
 from satlab.evaluation import imperfection_sweep
 from satlab.network import HybridNet
@@ -93,13 +94,16 @@ class Trainee:
         return sum(b.seconds for b in self.backends)
 
 
-def build_trainee(cfg: RunConfig, rig: Rig, method: str) -> Trainee:
-    """Network, estimator, optimizer and controller, initialised from the config's seed."""
+def build_trainee(cfg: RunConfig, rig: Rig, method: str, weights: dict | None = None) -> Trainee:
+    """Network, estimator, optimizer and controller, initialised from the config's seed
+    (or, given ``weights``, deployed from them)."""
     t = cfg.training
     torch.manual_seed(t.seed)
     estimator = make_estimator(cfg)
     backends = system_for(rig.spec, rig.path).build_layers(rig)
     model = HybridNet(cfg.model, backends, estimator, torch.Generator().manual_seed(t.seed))
+    if weights is not None:
+        deploy(model, weights, cfg.model.init_from)
     for layer in model.physical:
         layer.alignment_radius = np.array([t.rho_alignment.get(k.positioner, 0.0) for k in layer.backend.knobs])
     groups = [
@@ -109,6 +113,8 @@ def build_trainee(cfg: RunConfig, rig: Rig, method: str) -> Trainee:
          "adaptive": False, "name": "digital"},
     ]
     base = torch.optim.Adam if t.optimizer == "adam" else torch.optim.SGD
+    if method == "weights":
+        method = "plain"  # deployed as they are: the optimizer never steps
     if method == "sat":
         optimizer = (SAM(groups, base, rho=t.rho, adaptive=t.adaptive) if t.gamma == 0.5 else
                      WSAM(groups, base, rho=t.rho, adaptive=t.adaptive, gamma=t.gamma, decoupled=False))
@@ -154,7 +160,7 @@ def _truncate_csv(path: Path, rows: int) -> None:
 
 
 def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method: str,
-                 rig_start: dict, progress: bool = True) -> dict:
+                 rig_start: dict, progress: bool = True, weights: dict | None = None) -> dict:
     """Train one method (sat or plain) in ``run_dir/method``, resuming from its checkpoint.
 
     ``rig_start`` is the simulated rig's state when it was opened: every method
@@ -163,8 +169,9 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
     out = run_dir / method
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.csv"
-    tr = build_trainee(cfg, rig, method)
+    tr = build_trainee(cfg, rig, method, weights)
     t = cfg.training
+    epochs = 0 if method == "weights" else t.epochs
     wire_start = rig.wire_times()
     epoch, start_step, rows, wall0 = 0, 0, 0, 0.0
     rig.load_state_dict(rig_start)
@@ -193,9 +200,9 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
         if new_file:
             writer.writerow(METRIC_FIELDS)
         bar = stack.enter_context(tqdm(
-            total=t.epochs * steps, initial=epoch * steps + start_step, disable=not progress,
+            total=epochs * steps, initial=epoch * steps + start_step, disable=not progress,
             desc=f"{method} ({tr.estimator.name})", unit="step", dynamic_ncols=True))
-        while epoch < t.epochs:
+        while epoch < epochs:
             order = epoch_order(n, t.seed, epoch)
             for step in range(start_step, steps):
                 idx = order[step * t.batch_size:(step + 1) * t.batch_size]
@@ -214,14 +221,14 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
                     at_end = step == steps - 1
                     checkpoint.save_atomic(
                         _snapshot(tr, rig, epoch + at_end, 0 if at_end else step + 1, rows, wall(),
-                                  done=at_end and epoch + 1 == t.epochs), ckpt_path)
+                                  done=at_end and epoch + 1 == epochs), ckpt_path)
             epoch, start_step = epoch + 1, 0
     summary = {
         "method": method,
         "estimator": tr.estimator.name,
         "rig": rig.spec.name,
         "data": data.source,
-        "epochs": t.epochs,
+        "epochs": epochs,
         "rig_queries": tr.rig_queries,
         "rig_seconds": round(tr.rig_seconds, 3),
         "wall_seconds": round(wall(), 3),
@@ -230,6 +237,9 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
     if wire := {n: (w - wire_start[n]).summary() for n, w in rig.wire_times().items()}:
         summary["wire"] = wire  # measured by the drivers: this process's training of the method
     summary.update(evaluate_trainee(cfg, tr, rig, data, parse_range(cfg.evaluation.drift), progress))
+    if weights is not None:
+        summary["deployed_from"] = str(weights["path"])
+    export_weights(tr.model, out / WEIGHTS_FILE)
     (out / "summary.json").write_text(strict_json.dumps(summary))
     return summary
 

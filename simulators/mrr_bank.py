@@ -21,6 +21,8 @@ from typing import Literal
 
 import torch
 
+from satlab.calibration.store import Calibration
+from satlab.calibration.weight_map import BankMap, CalibratedBankTwin
 from satlab.validation import OptionError, require_count
 
 
@@ -276,6 +278,11 @@ class MrrBankTwin(torch.nn.Module):
         self.model = bank_model(rows, cols, preset, seed, **overrides)
 
     check_options = staticmethod(bank_model)  # validates rig-file options, builds nothing real
+
+    @classmethod
+    def from_calibration(cls, cal: Calibration, layer: str, **options) -> CalibratedBankTwin:
+        """The bank as calibrated (measured dips, crosstalk), not as the preset says."""
+        return CalibratedBankTwin(BankMap.from_calibration(cal, layer))
 
     def forward(self, inputs: torch.Tensor, currents: torch.Tensor,
                 drift_K: float = 0.0) -> torch.Tensor:

@@ -92,7 +92,7 @@ def fit_dip(x: np.ndarray, y: np.ndarray, noise: float, min_contrast: float = 0.
     fit = _fit_full(x, y, noise, lowest)
     if fit is not None:
         return fit
-    if lowest > 0:
+    if lowest > len(x) // 10:
         return failed(BAD_FIT)
     # rising from the first point, the centre below zero drive: only the tail is seen
     return failed(TAIL) if shape is None else _fit_tail(x, y, shape)
@@ -131,6 +131,6 @@ def _fit_tail(x: np.ndarray, y: np.ndarray, shape: tuple[float, float, float]) -
         return failed(BAD_FIT)
     residual = float(np.sqrt(np.mean((model(x, *popt) - y) ** 2)))
     error = float(np.sqrt(max(pcov[0, 0], 0)))
-    if not np.isfinite(error) or popt[0] > x[0]:
+    if not np.isfinite(error) or popt[0] > x[0] + hwhm:  # a dip at the edge may sit just inside
         return failed(BAD_FIT)
     return DipFit(float(popt[0]), hwhm, depth, baseline, (error, 0.0, 0.0, 0.0), residual, TAIL)

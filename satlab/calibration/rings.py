@@ -60,7 +60,11 @@ class BankProbe:
     def weights(self, currents: np.ndarray) -> np.ndarray:
         """Weights (P, rows, cols) at each row of ring currents (P, rings), row-major rings."""
         start = time.perf_counter()
-        power = self.rig.measure_many(self.layer.heaters, np.atleast_2d(currents), self.layer.detector,
+        currents = np.atleast_2d(currents)
+        # ramp to the first setting first: the rest of a sweep then moves in small steps,
+        # which a simulated source takes as one stack
+        self.rig.set_currents(self.layer.heaters, currents[0], self.channels)
+        power = self.rig.measure_many(self.layer.heaters, currents, self.layer.detector,
                                       self.channels, (self.layer.inputs, np.eye(self.cols)))
         self.seconds += time.perf_counter() - start
         self.queries += len(power)

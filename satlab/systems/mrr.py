@@ -146,7 +146,22 @@ class MrrLayerBackend(LayerBackend):
         """Currents on the rising branch whose weights are uniform in [-scale, scale]."""
         target = (torch.rand(self.out_features, self.in_features, generator=generator,
                              dtype=torch.float64) * 2 - 1) * scale
-        return currents_for_weights(self, target)
+        return self.controls_for_weights(target)
+
+    def weights_of(self, controls: torch.Tensor) -> torch.Tensor:
+        """The twin's weights (out, in) at these currents."""
+        eye = torch.eye(self.in_features, dtype=torch.float64)
+        with torch.no_grad():
+            return self.twin(eye, controls.detach().double()).T
+
+    def controls_for_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """Currents that give weights (out, in): through the calibrated map (crosstalk
+        compensated) when the twin is a calibration's, else by search on the twin."""
+        bank = getattr(self.twin, "bank", None)
+        if bank is None:
+            return currents_for_weights(self, weights)
+        currents, _ = bank.currents_for(weights.detach().double().numpy())
+        return torch.from_numpy(currents)
 
 
 class MrrWeightBank(System):

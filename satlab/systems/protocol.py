@@ -187,6 +187,14 @@ class LayerBackend(ABC):
         with torch.no_grad():
             controls.clamp_(self.controls.lower + margin, self.controls.upper - margin)
 
+    def weights_of(self, controls: torch.Tensor) -> torch.Tensor | None:
+        """The layer's weights (out, in) at these controls; None: the layer has no weights."""
+        return None
+
+    def controls_for_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """Controls that show weights (out, in) on this layer."""
+        raise NotImplementedError(f"layer {self.name} cannot be set from weights")
+
     def initial_controls(self, generator: torch.Generator, scale: float) -> torch.Tensor:
         """Starting controls; ``scale`` is the spread of the layer's response (0..1]."""
         lo, hi = self.controls.lower, self.controls.upper

@@ -1,0 +1,370 @@
+"""Registration of the incoherent free-space bench: where each layer's weight picture sits
+on the camera's tile places.
+
+A layer's weight display shows its tiles as one picture; a misaligned display moves that
+picture about its centre (rotation, shift along the rows, magnification) against the
+input image fanned onto every tile. The calibration shows known pictures on the weight
+display and known images on the image display, reads every tile, and fits the three
+numbers by least squares against the layer's own model (``IncoherentModel.tile_sums``),
+with the camera's gain and offset as free linear terms. What it measures, less the
+layer's knobs where they stood, is what the twin adds to its knobs
+(``IncoherentTwin.from_calibration``).
+
+The pictures (each displayed in full, empty tile slots dark):
+
+- dark and uniform: the camera's offset and gain, and light lost off the picture's edge;
+- ramps down the rows and along the columns of the whole picture: each tile place reads
+  where the picture sits at it, without ambiguity (a ramp has one value per position),
+  so a rotation, a magnification and a shift move the places' readings differently;
+- a bright upper half (left half) in every tile, read through an image that is bright
+  in a band across the middle of the tile: the edge moves inside the band, so a tile
+  reads its displacement along the rows (columns) with the sign, some ``side`` times
+  more steeply than through the ramps, but only within about a quarter tile.
+
+The ramps alone are fitted first from the aligned position; every picture is fitted
+from there, when the edges are inside their bands. Both ramps and edges assume the
+display's transmission is what it is told to show, as the system itself does.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from scipy.optimize import least_squares
+
+from satlab.calibration.store import StepResult
+from satlab.instruments import Camera, InputModulator, Positioner
+from satlab.simulators import optics
+from satlab.simulators.incoherent import NAMED, IncoherentModel
+from satlab.systems.freespace import FreeSpaceLayerSpec, IncoherentFreeSpace
+from satlab.validation import ConfigError
+
+if TYPE_CHECKING:
+    from satlab.rig import Rig
+    from satlab.systems.protocol import System
+
+KIND = "registration"
+PICTURES = ("dark", "uniform", "row ramp", "column ramp", "upper halves", "left halves")
+COARSE = 4  # the first pictures: the ones read without ambiguity
+IMAGES = ("uniform", "row band", "column band")
+FRAMES = 4  # repeats of every image: the spread between them is the camera's noise
+RESOLUTION_PX = 0.01  # a fitted misalignment moving no corner further is "aligned"
+IDENTIFIED_PX = 0.2  # a parameter whose ±1σ moves a corner further is not identified
+POOR_CHI2, POOR_RESIDUAL = 10.0, 0.005  # residuals above noise and above a share of a tile
+DIMMEST = 0.01  # of the camera's full scale: the least light a uniform picture must give
+HALVINGS = 10  # of the input's brightness, to get out of saturation
+MAX_STEPS = 50  # of each least-squares fit
+
+
+@dataclass
+class _Geometry:
+    """One layer's tile layout, as its model has it."""
+
+    model: IncoherentModel
+
+    @property
+    def height(self) -> int:
+        return self.model.rows * self.model.side
+
+    @property
+    def width(self) -> int:
+        return self.model.grid * self.model.side
+
+    @property
+    def corner_px(self) -> float:
+        """Distance from the picture's centre to its corners: a radian or a unit of scale
+        moves a corner this far."""
+        return math.hypot(self.height / 2, self.width / 2)
+
+    def levers(self) -> np.ndarray:
+        """Pixels a corner moves per unit of (rotation_deg, shift_px, scale)."""
+        return np.array([math.radians(1.0) * self.corner_px, 1.0, self.corner_px])
+
+
+def pictures(model: IncoherentModel) -> torch.Tensor:
+    """The calibration's weight pictures (``PICTURES``) as display transmissions
+    (pictures, tiles, side²), the reference tile last."""
+    s, height, width = model.side, model.rows * model.side, model.grid * model.side
+    rows = torch.arange(height, dtype=torch.float64)[:, None].expand(height, width)
+    cols = torch.arange(width, dtype=torch.float64)[None, :].expand(height, width)
+    full = [torch.zeros(height, width, dtype=torch.float64), torch.ones(height, width, dtype=torch.float64),
+            (rows + 0.5) / height, (cols + 0.5) / width,
+            ((rows % s) < s / 2).double(), ((cols % s) < s / 2).double()]
+    return torch.stack([model.tiles(p, model.outputs + 1) for p in full])
+
+
+def images(side: int) -> torch.Tensor:
+    """The calibration's input images (``IMAGES``), (images, side²) at full brightness."""
+    band = torch.zeros(side, side, dtype=torch.float64)
+    band[side // 4:side - side // 4] = 1.0
+    return torch.stack([torch.ones(side, side, dtype=torch.float64), band, band.T]).reshape(3, -1)
+
+
+def predict(model: IncoherentModel, shown: torch.Tensor, inputs: torch.Tensor,
+            misalignment: np.ndarray) -> np.ndarray:
+    """Tile sums (pictures, images, tiles) of transmissions ``shown`` through ``inputs``
+    with the picture misaligned by (rotation_deg, shift_px, scale − 1): what
+    ``IncoherentModel.tile_sums`` gives for each picture, with every picture moved in one
+    resampling (a fit evaluates this some hundred times)."""
+    rotation, shift, scale = (float(v) for v in misalignment)
+    if rotation or shift or scale:
+        drawn = torch.stack([model.picture(t) for t in shown])
+        moved = optics.affine_resample(drawn, math.radians(rotation), (shift, 0.0), 1.0 + scale)
+        shown = torch.stack([model.tiles(m, shown.shape[1]) for m in moved])
+    return torch.einsum("ij,ptj->pit", inputs.reshape(len(inputs), -1), shown).numpy()
+
+
+def _gain_offset(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The camera's counts ≈ gain · sums + offset, solved in closed form: (coefficients, fit)."""
+    design = np.stack([sums.ravel(), np.ones(sums.size)], axis=1)
+    coef = np.linalg.lstsq(design, counts.ravel(), rcond=None)[0]
+    return coef, (design @ coef).reshape(counts.shape)
+
+
+def _fit(model: IncoherentModel, shown: torch.Tensor, inputs: torch.Tensor, counts: np.ndarray,
+         start: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]):
+    """Least squares of (rotation_deg, shift_px, scale − 1) with gain and offset projected out."""
+    units = np.array([1.0, 1.0, 0.01])  # scale in per cent: every parameter of order one
+
+    def residual(q: np.ndarray) -> np.ndarray:
+        sums = predict(model, shown, inputs, q * units)
+        return (_gain_offset(sums, counts)[1] - counts).ravel()
+
+    def jacobian(q: np.ndarray) -> np.ndarray:
+        # central differences of a fixed size: steps relative to q vanish near the aligned
+        # position, and the bilinear resampling has kinks finer steps would straddle unevenly
+        step = 1e-4
+        return np.stack([(residual(q + step * e) - residual(q - step * e)) / (2 * step)
+                         for e in np.eye(len(q))], axis=1)
+
+    found = least_squares(residual, start / units, jac=jacobian, bounds=(bounds[0] / units, bounds[1] / units),
+                          x_scale=1.0, xtol=1e-10, ftol=1e-10, gtol=1e-10, max_nfev=MAX_STEPS)
+    return found.x * units, found.jac / units, found
+
+
+def _check_layer(rig: Rig, system: System, i: int, layer: FreeSpaceLayerSpec) -> None:
+    """ConfigError at the layer's field unless its instruments are open on ``rig``."""
+    where = f"system.layers.{i}"
+    for role, kind in (("weights", InputModulator), ("inputs", InputModulator), ("camera", Camera)):
+        name = getattr(layer, role)
+        dev = rig.instruments.get(name)
+        if dev is None:
+            raise ConfigError(system.path, f"{where}.{role}", f"no instrument {name!r} open on the rig "
+                              f"{rig.path} (registration measures through the open rig)")
+        if not isinstance(dev, kind):
+            raise ConfigError(system.path, f"{where}.{role}", f"{name!r} on the rig {rig.path} must be "
+                              f"a {kind.kind}, it is a {dev.kind}")
+    for j, knob in enumerate(layer.alignment):
+        if not isinstance(rig.instruments.get(knob.positioner), Positioner):
+            raise ConfigError(system.path, f"{where}.alignment.{j}.positioner",
+                              f"no positioner {knob.positioner!r} open on the rig {rig.path}")
+    system.check_open(rig)  # channel counts and pixels against the layer's size
+
+
+class _Layer:
+    """One layer's measurement: the pictures shown, the images read, the camera's counts."""
+
+    def __init__(self, rig: Rig, layer: FreeSpaceLayerSpec) -> None:
+        self.rig, self.layer = rig, layer
+        self.model = IncoherentModel(math.isqrt(layer.in_features), layer.out_features)
+        self.shown, self.images = pictures(self.model), images(self.model.side)
+        self.full_scale = 2 ** rig.instruments[layer.camera].bit_depth - 1
+        self.level, self.queries = 1.0, 0
+
+    def _show(self, transmission: torch.Tensor) -> np.ndarray:
+        """Counts (images, frames, tiles) of one weight picture, the inputs already loaded."""
+        self.rig.load_inputs(self.layer.weights, transmission.reshape(1, -1).numpy())
+        shot = self.rig.acquire(self.layer.camera, len(self.images) * FRAMES)
+        self.queries += 1
+        self.saturated = bool(shot.saturated.any() or (shot.counts >= self.full_scale).any())
+        return shot.signal[:, 0].reshape(len(self.images), FRAMES, -1)
+
+    def _load_images(self) -> None:
+        batch = (self.images * self.level).repeat_interleave(FRAMES, dim=0)
+        self.rig.load_inputs(self.layer.inputs, batch.numpy())
+
+    def measure(self) -> tuple[np.ndarray | None, str | None]:
+        """Counts (pictures, images, frames, tiles), or None and why not."""
+        uniform = self.shown[PICTURES.index("uniform")]
+        for _ in range(HALVINGS + 1):
+            self._load_images()
+            first = self._show(uniform)
+            if not self.saturated:
+                break
+            self.level /= 2
+        else:
+            return None, (f"{self.layer.camera} saturates with the image display at "
+                          f"{self.level * 2:.2g} of full brightness: lower the light on the tiles")
+        counts = []
+        for name, shown in zip(PICTURES, self.shown, strict=True):
+            counts.append(first if name == "uniform" else self._show(shown))
+            if self.saturated:
+                return None, f"{self.layer.camera} saturated showing the {name} picture"
+        counts = np.stack(counts)
+        light = float(np.median(counts[1, 0].mean(0) - counts[0, 0].mean(0)))
+        if light < DIMMEST * self.full_scale:
+            return None, (f"{self.layer.camera} reads {light:.3g} counts from a bright tile over a dark "
+                          f"one, under {DIMMEST:.0%} of its full scale: is the light on?")
+        return counts, None
+
+
+def _knob_positions(rig: Rig, layer: FreeSpaceLayerSpec) -> dict[str, tuple[str, float]]:
+    """Where the layer's knobs stand (positioner: (axis, position)); the twin adds them itself."""
+    return {k.positioner: (k.axis, float(rig.instruments[k.positioner].position()))
+            for k in layer.alignment}
+
+
+def _register(model: IncoherentModel, shown: torch.Tensor, inputs: torch.Tensor,
+              counts: np.ndarray) -> dict:
+    """Fit one layer's counts (pictures, images, frames, tiles): values, stds and diagnostics."""
+    geometry = _Geometry(model)
+    mean = counts.mean(2)
+    frames = counts.shape[2]
+    # noise of a mean over frames: their spread, but never below the ADC's own step
+    spread = float(np.sqrt(counts.var(2, ddof=1).mean())) if frames > 1 else 0.0
+    noise = max(spread / math.sqrt(frames), 1 / math.sqrt(12))
+    half_picture = max(geometry.height, geometry.width) / 2
+    bounds = (np.array([-45.0, -half_picture, -0.5]), np.array([45.0, half_picture, 0.5]))
+    coarse, _, _ = _fit(model, shown[:COARSE], inputs, mean[:COARSE], np.zeros(3), bounds)
+    fitted, jac, found = _fit(model, shown, inputs, mean, coarse, bounds)
+    sums = predict(model, shown, inputs, fitted)
+    (gain, offset), predicted = _gain_offset(sums, mean)
+    rss = float(np.sum((predicted - mean) ** 2))
+    dof = max(mean.size - 5, 1)  # three misalignments, gain and offset
+    try:
+        cov = np.linalg.inv(jac.T @ jac) * rss / dof
+        std = np.sqrt(np.clip(np.diag(cov), 0, None))
+    except np.linalg.LinAlgError:
+        std = np.full(3, np.inf)
+    bright = float(np.median(mean[1, 0] - mean[0, 0]))
+    return {"fitted": fitted, "std": std, "measured": mean, "predicted": predicted,
+            "gain_offset": np.array([gain, offset]), "noise": noise,
+            "residual": math.sqrt(rss / mean.size) / bright, "chi2": rss / dof / noise**2,
+            "converged": bool(found.success), "levers": geometry.levers(),
+            "corner_px": geometry.corner_px}
+
+
+def _problems(name: str, fit: dict) -> list[str]:
+    """What makes a layer's registration untrustworthy, one line each."""
+    found = []
+    for axis, std, lever in zip(NAMED, fit["std"], fit["levers"], strict=True):
+        if not (math.isfinite(std) and std * lever <= IDENTIFIED_PX):
+            found.append(f"{name}: {axis} not identified: ±{std:.3g} {NAMED[axis]} moves the picture's "
+                         f"corner by ±{std * lever:.3g} px (more than {IDENTIFIED_PX:g})")
+    if fit["chi2"] > POOR_CHI2 and fit["residual"] > POOR_RESIDUAL:
+        found.append(f"{name}: the affine model leaves residuals of {fit['residual']:.2%} of a bright "
+                     f"tile, {math.sqrt(fit['chi2']):.3g} times the camera's noise: the display or "
+                     "the optics move the picture in another way")
+    if not fit["converged"]:
+        found.append(f"{name}: the fit did not converge")
+    return found
+
+
+def calibrate_registration(rig: Rig, system: System, progress: bool = False) -> StepResult:
+    """Measure each free-space layer's display misalignment (rotation, shift, scale) through ``rig``."""
+    if not isinstance(system, IncoherentFreeSpace):
+        raise ConfigError(system.path, "system.type", "registration calibrates an incoherent_freespace "
+                          f"system's weight displays, got {system.spec.type!r}")
+    for i, layer in enumerate(system.spec.layers):
+        _check_layer(rig, system, i, layer)
+    summary: dict = {"pictures": list(PICTURES), "images": list(IMAGES), "frames": FRAMES}
+    arrays: dict[str, np.ndarray] = {}
+    problems: list[str] = []
+    fits: dict[str, dict] = {}
+    queries, start = 0, time.perf_counter()
+    for layer in system.spec.layers:
+        run = _Layer(rig, layer)
+        try:
+            counts, why = run.measure()
+        finally:  # dark, as the rig leaves a modulator
+            for name in (layer.weights, layer.inputs):
+                rig.load_inputs(name, np.zeros((1, rig.instruments[name].channels)))
+        queries += run.queries
+        if counts is None:
+            problems.append(f"{layer.name}: {why}")
+            summary[layer.name] = {"measured": False, "queries": run.queries, "problem": why}
+            continue
+        fit = _register(run.model, run.shown, run.images * run.level, counts)
+        knobs = _knob_positions(rig, layer)
+        at = np.array([sum(p for axis, p in knobs.values() if axis == a) for a in NAMED])
+        fit["fitted"] = fit["fitted"] - at  # the misalignment with the knobs at 0
+        moved = np.abs(fit["fitted"]) * fit["levers"]
+        aligned = bool(np.all((moved <= RESOLUTION_PX) | (moved <= 3 * fit["std"] * fit["levers"])))
+        layer_problems = _problems(layer.name, fit)
+        problems += layer_problems
+        fits[layer.name] = fit
+        values = [*fit["fitted"][:2], 1.0 + fit["fitted"][2]]
+        summary[layer.name] = {
+            **{axis: {"value": float(v), "std": float(s)}
+               for axis, v, s in zip(NAMED, values, fit["std"], strict=True)},
+            "aligned": aligned, "residual": float(fit["residual"]), "chi2": float(fit["chi2"]),
+            "corner_px": float(fit["corner_px"]), "input_level": float(run.level),
+            "knobs": {k: float(p) for k, (_, p) in knobs.items()}, "queries": run.queries}
+        p = f"{layer.name}."
+        arrays.update({
+            # what the twin adds to its knobs: none where the fit cannot tell from aligned
+            p + "misalignment": np.zeros(3) if aligned else fit["fitted"].copy(),
+            p + "fitted": fit["fitted"], p + "std": fit["std"],
+            p + "measured": fit["measured"], p + "predicted": fit["predicted"],
+            p + "gain_offset": fit["gain_offset"],
+            p + "geometry": np.array([run.model.side, run.model.outputs])})
+        if progress:
+            s = summary[layer.name]
+            print(f"registration {layer.name}: rotation {s['rotation_deg']['value']:+.4f} ± "
+                  f"{s['rotation_deg']['std']:.2g} deg, shift {s['shift_px']['value']:+.4f} ± "
+                  f"{s['shift_px']['std']:.2g} px, scale {s['scale']['value']:.5f} ± "
+                  f"{s['scale']['std']:.2g}{' (aligned)' if aligned else ''}; "
+                  f"{len(layer_problems)} problem(s)", file=sys.stderr, flush=True)
+    return StepResult(KIND, summary, arrays, queries=queries, rig_seconds=time.perf_counter() - start,
+                      problems=problems, plot=lambda out: _plot(out, system.spec.layers, fits))
+
+
+def _outline(height: int, width: int, misalignment: np.ndarray, exaggerate: float) -> np.ndarray:
+    """Corners (5, 2) as (col, row) of the picture moved by a misalignment, enlarged by ``exaggerate``."""
+    rotation, shift, scale = misalignment * exaggerate
+    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1], [-1, -1]]) * [width / 2, height / 2]
+    c, s = math.cos(math.radians(rotation)), math.sin(math.radians(rotation))
+    x, y = corners[:, 0], corners[:, 1]  # rows grow downwards: anticlockwise as displayed
+    moved = np.stack([x * c + y * s, -x * s + y * c], axis=1) * (1 + scale)
+    return moved + [width / 2, height / 2 + shift]
+
+
+def _plot(out: Path, layers: list[FreeSpaceLayerSpec], fits: dict[str, dict]) -> None:
+    """Measured against predicted tile counts, and the fitted picture over the nominal one."""
+    from matplotlib.figure import Figure
+
+    rows = max(len(fits), 1)
+    fig = Figure(figsize=(10, 4 * rows))
+    if not fits:
+        fig.text(0.5, 0.5, "no layer was measured", ha="center")
+    for r, (name, fit) in enumerate(fits.items()):
+        scatter, frame = fig.add_subplot(rows, 2, 2 * r + 1), fig.add_subplot(rows, 2, 2 * r + 2)
+        for p, picture in enumerate(PICTURES):
+            scatter.plot(fit["predicted"][p].ravel(), fit["measured"][p].ravel(), ".", ms=3, label=picture)
+        top = float(fit["measured"].max())
+        scatter.plot([0, top], [0, top], "k-", lw=0.5)
+        scatter.set(xlabel="predicted counts", ylabel="measured counts",
+                    title=f"{name}: residual {fit['residual']:.2%} of a bright tile")
+        scatter.legend(fontsize=7)
+        layer = next(spec for spec in layers if spec.name == name)
+        model = IncoherentModel(math.isqrt(layer.in_features), layer.out_features)
+        height, width = model.rows * model.side, model.grid * model.side
+        moved = float(np.max(np.abs(fit["fitted"]) * fit["levers"]))
+        exaggerate = max(1.0, 0.05 * max(height, width) / moved) if moved > 0 else 1.0
+        nominal, fitted = _outline(height, width, np.zeros(3), 1.0), _outline(height, width, fit["fitted"],
+                                                                              exaggerate)
+        frame.plot(nominal[:, 0], nominal[:, 1], "k--", label="nominal")
+        frame.plot(fitted[:, 0], fitted[:, 1], "r-", label="fitted")
+        frame.set(xlabel="column (px)", ylabel="row (px)", aspect="equal",
+                  title=f"{name}: picture outline, moves ×{exaggerate:.3g}")
+        frame.invert_yaxis()
+        frame.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
