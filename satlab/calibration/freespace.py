@@ -28,6 +28,7 @@ display's transmission is what it is told to show, as the system itself does.
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -165,7 +166,6 @@ def _check_layer(rig: Rig, system: System, i: int, layer: FreeSpaceLayerSpec) ->
         if not isinstance(rig.instruments.get(knob.positioner), Positioner):
             raise ConfigError(system.path, f"{where}.alignment.{j}.positioner",
                               f"no positioner {knob.positioner!r} open on the rig {rig.path}")
-    system.check_open(rig)  # channel counts and pixels against the layer's size
 
 
 class _Layer:
@@ -183,7 +183,7 @@ class _Layer:
         self.rig.load_inputs(self.layer.weights, transmission.reshape(1, -1).numpy())
         shot = self.rig.acquire(self.layer.camera, len(self.images) * FRAMES)
         self.queries += 1
-        self.saturated = bool(shot.saturated.any() or (shot.counts >= self.full_scale).any())
+        self.saturated = bool(shot.saturated.any())
         return shot.signal[:, 0].reshape(len(self.images), FRAMES, -1)
 
     def _load_images(self) -> None:
@@ -232,7 +232,14 @@ def _register(model: IncoherentModel, shown: torch.Tensor, inputs: torch.Tensor,
     noise = max(spread / math.sqrt(frames), 1 / math.sqrt(12))
     half_picture = max(geometry.height, geometry.width) / 2
     bounds = (np.array([-45.0, -half_picture, -0.5]), np.array([45.0, half_picture, 0.5]))
-    coarse, _, _ = _fit(model, shown[:COARSE], inputs, mean[:COARSE], np.zeros(3), bounds)
+    coarse, _, found = _fit(model, shown[:COARSE], inputs, mean[:COARSE], np.zeros(3), bounds)
+    if 2 * found.cost / max(mean[:COARSE].size - 5, 1) > POOR_CHI2 * noise**2:
+        # a picture moved far off its place can leave the ramps a false minimum near the
+        # aligned one: start again around it, keep the best
+        tries = [_fit(model, shown[:COARSE], inputs, mean[:COARSE], np.array(start), bounds)
+                 for start in itertools.product((-5.0, 0.0, 5.0), (-half_picture / 2, 0.0, half_picture / 2),
+                                                (-0.1, 0.0, 0.1))]
+        coarse = min(tries, key=lambda t: t[2].cost)[0]
     fitted, jac, found = _fit(model, shown, inputs, mean, coarse, bounds)
     sums = predict(model, shown, inputs, fitted)
     (gain, offset), predicted = _gain_offset(sums, mean)
@@ -248,7 +255,8 @@ def _register(model: IncoherentModel, shown: torch.Tensor, inputs: torch.Tensor,
             "gain_offset": np.array([gain, offset]), "noise": noise,
             "residual": math.sqrt(rss / mean.size) / bright, "chi2": rss / dof / noise**2,
             "converged": bool(found.success), "levers": geometry.levers(),
-            "corner_px": geometry.corner_px}
+            "corner_px": geometry.corner_px,
+            "at_bound": bool(np.any(np.isclose(fitted, bounds[0]) | np.isclose(fitted, bounds[1])))}
 
 
 def _problems(name: str, fit: dict) -> list[str]:
@@ -264,6 +272,9 @@ def _problems(name: str, fit: dict) -> list[str]:
                      "the optics move the picture in another way")
     if not fit["converged"]:
         found.append(f"{name}: the fit did not converge")
+    if fit["at_bound"]:
+        found.append(f"{name}: the fit stopped at the edge of its search (±45°, ±half the picture, "
+                     "±50 % of scale): the picture is not where the model can find it")
     return found
 
 
@@ -274,6 +285,7 @@ def calibrate_registration(rig: Rig, system: System, progress: bool = False) -> 
                           f"system's weight displays, got {system.spec.type!r}")
     for i, layer in enumerate(system.spec.layers):
         _check_layer(rig, system, i, layer)
+    system.check_open(rig)  # channel counts and pixels against each layer's size
     summary: dict = {"pictures": list(PICTURES), "images": list(IMAGES), "frames": FRAMES}
     arrays: dict[str, np.ndarray] = {}
     problems: list[str] = []
@@ -295,14 +307,14 @@ def calibrate_registration(rig: Rig, system: System, progress: bool = False) -> 
         knobs = _knob_positions(rig, layer)
         at = np.array([sum(p for axis, p in knobs.values() if axis == a) for a in NAMED])
         fit["fitted"] = fit["fitted"] - at  # the misalignment with the knobs at 0
-        moved = np.abs(fit["fitted"]) * fit["levers"]
-        aligned = bool(np.all((moved <= RESOLUTION_PX) | (moved <= 3 * fit["std"] * fit["levers"])))
+        aligned = bool(np.all(np.abs(fit["fitted"]) * fit["levers"] <= RESOLUTION_PX))
+        fit["aligned"] = aligned
         layer_problems = _problems(layer.name, fit)
         problems += layer_problems
         fits[layer.name] = fit
         values = [*fit["fitted"][:2], 1.0 + fit["fitted"][2]]
         summary[layer.name] = {
-            **{axis: {"value": float(v), "std": float(s)}
+            "measured": True, **{axis: {"value": float(v), "std": float(s)}
                for axis, v, s in zip(NAMED, values, fit["std"], strict=True)},
             "aligned": aligned, "residual": float(fit["residual"]), "chi2": float(fit["chi2"]),
             "corner_px": float(fit["corner_px"]), "input_level": float(run.level),
@@ -357,13 +369,15 @@ def _plot(out: Path, layers: list[FreeSpaceLayerSpec], fits: dict[str, dict]) ->
         model = IncoherentModel(math.isqrt(layer.in_features), layer.out_features)
         height, width = model.rows * model.side, model.grid * model.side
         moved = float(np.max(np.abs(fit["fitted"]) * fit["levers"]))
-        exaggerate = max(1.0, 0.05 * max(height, width) / moved) if moved > 0 else 1.0
+        # a misalignment of a pixel or less shows only enlarged; an aligned one not at all
+        exaggerate = 1.0 if fit["aligned"] else max(1.0, 0.05 * max(height, width) / moved)
         nominal, fitted = _outline(height, width, np.zeros(3), 1.0), _outline(height, width, fit["fitted"],
                                                                               exaggerate)
         frame.plot(nominal[:, 0], nominal[:, 1], "k--", label="nominal")
         frame.plot(fitted[:, 0], fitted[:, 1], "r-", label="fitted")
         frame.set(xlabel="column (px)", ylabel="row (px)", aspect="equal",
-                  title=f"{name}: picture outline, moves ×{exaggerate:.3g}")
+                  title=f"{name}: picture outline, " + ("aligned" if fit["aligned"] else
+                                                         f"moves ×{exaggerate:.3g}"))
         frame.invert_yaxis()
         frame.legend(fontsize=7)
     fig.tight_layout()

@@ -61,11 +61,10 @@ def classify(x: np.ndarray, y: np.ndarray, noise: float, min_contrast: float) ->
     ``x`` ascending drives, ``y`` the weights read, ``noise`` one reading's std.
     """
     contrast = float(y.max() - y.min())
+    if int(np.argmin(y)) == len(y) - 1 and contrast > 4 * noise:
+        return NO_RESONANCE  # still falling at the top of the range: the dip lies above it
     if contrast < max(min_contrast, 8 * noise):
         return LOW_CONTRAST
-    lowest = int(np.argmin(y))
-    if lowest == len(y) - 1:
-        return NO_RESONANCE  # still falling at the top of the range: the dip lies above it
     # a clipped bottom: several readings at exactly the lowest value, where a dip is round
     at_min = np.unique(x[y == y.min()])
     if len(at_min) >= 3 and np.count_nonzero((x >= at_min[0]) & (x <= at_min[-1]) & (y > y.min())) == 0:

@@ -107,8 +107,11 @@ def base_noise(probe: BankProbe, repeats: int = 4) -> tuple[np.ndarray, np.ndarr
     return w.mean(0), w.std(0, ddof=1)
 
 
-def check_wiring(probe: BankProbe, levels: tuple[float, ...] = (0.35, 0.7)) -> dict:
-    """Step each ring's heater channel alone and see which ring answers.
+def check_wiring(probe: BankProbe, steps: int = 12) -> dict:
+    """Step each ring's heater channel alone through ``steps`` levels and see which ring answers.
+
+    A ring's dip is a few linewidths wide in a range of tens: the levels, even in heater
+    power, land near it at least once, where its own change outgrows any neighbour's.
 
     Returns responder (rings,), response (rings,), noise (rings,) and problems naming
     every dead channel (no ring answers) and every channel that moves another ring
@@ -116,6 +119,7 @@ def check_wiring(probe: BankProbe, levels: tuple[float, ...] = (0.35, 0.7)) -> d
     """
     w0, noise = base_noise(probe)
     n = probe.n
+    levels = np.sqrt(np.linspace(0, 1, steps + 1)[1:])
     settings = np.zeros((len(levels) * n, n))
     for k, level in enumerate(levels):
         settings[k * n + np.arange(n), np.arange(n)] = level * probe.max_current
@@ -124,10 +128,10 @@ def check_wiring(probe: BankProbe, levels: tuple[float, ...] = (0.35, 0.7)) -> d
     responder = change.argmax(1)
     response = change[np.arange(n), responder]
     own = change[np.arange(n), np.arange(n)]
-    threshold = np.maximum(8 * noise.max(), 0.02)
+    threshold = np.maximum(8 * noise, 0.02)
     problems = []
     for r in range(n):
-        if response[r] < threshold:
+        if response[r] < threshold[r]:
             problems.append(f"{probe.name(r)}: dead: stepping it moves no ring (largest change "
                             f"{response[r]:.3g})")
         elif responder[r] != r and response[r] > 2 * own[r]:

@@ -14,9 +14,11 @@ its negative give mirrored frames, and frames are the same only a whole turn apa
 the match has no ambiguity within the turn. Consecutive measured levels are unwrapped
 assuming the response rises by less than 1.5π and falls by less than π/2 between them.
 
-Uncertainties: the spread of the phases matched in repeated frames, the camera's
-quantisation (half a count, propagated through the slope of the twin's frames) and the
-interpolation between library steps (``MATCH_RAD``), in quadrature. The fitted curve is
+Uncertainties, in quadrature: the spread of the phases matched in repeated frames (shot
+and read noise), the camera's rounding to whole counts (propagated through the slope of
+the twin's frames), and the interpolation between library steps, estimated as half the
+error left when each node is matched by the library without it (largest where the
+intensity threshold's kinks cross the frames). The fitted curve is
 phase(g) = a + b·I_x(p, q) with x = g/(2^bits − 1) and I the regularised incomplete
 beta function: smooth and monotone by construction, linear for p = q = 1, a power law
 for q = 1, S-shaped for p, q > 1, as liquid-crystal responses are.
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import math
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,16 +55,15 @@ from satlab import registry
 from satlab.calibration.store import StepResult
 from satlab.instruments import Camera, InputModulator, PhaseModulator
 from satlab.phase_lut import TWO_PI, PhaseLut
+from satlab.rig import Rig, RigError
 from satlab.validation import ConfigError
 
 if TYPE_CHECKING:
-    from satlab.rig import Rig
     from satlab.systems.protocol import System
 
 KIND = "slm_lut"
 FRAMES = 8  # repeats of every picture: their spread is the camera's noise
-LIBRARY = 64  # twin phase steps over a turn; interpolated, good to ~0.002 rad (MATCH_RAD)
-MATCH_RAD = 0.002  # rms error of the interpolated match on a noise-free bench (measured)
+LIBRARY = 64  # twin phase steps over a turn, interpolated between (~0.002 rad on System 3)
 BLOCKS = 16  # blocks along the shorter side of the camera's ROI
 HALVINGS = 10  # of the input's brightness, to get out of saturation
 VISIBLE = 20.0  # noise sigmas the twin's frames must move over a turn for a phase to be seen
@@ -243,7 +245,7 @@ class _Sweep:
             if not saturated:
                 return np.stack(out), shot.exposure_s
             self.level /= 2
-        raise RuntimeError(f"{self.roles.camera} saturates even with the input at "
+        raise RigError(f"{self.roles.camera} saturates even with the input at "
                            f"{self.level * 2:.2g} of full scale")
 
 
@@ -315,18 +317,18 @@ def calibrate_slm_lut(rig: Rig, system: System | None, progress: bool = False,
     start = time.perf_counter()
     try:
         for name in roles.slms:
-            rig.show_gray(name, np.zeros(rig.instruments[name].shape, dtype=rig.instruments[name].lut.dtype))
+            _blank(rig, name)
         for index, name in enumerate(roles.slms):
             queries = sweep.queries
             found = _calibrate_one(rig, roles, blocks, sweep, index, name, levels)
-            rig.show_gray(name, np.zeros(rig.instruments[name].shape, dtype=rig.instruments[name].lut.dtype))
+            _blank(rig, name)
             found["summary"]["queries"] = sweep.queries - queries
             summary[name] = found["summary"]
             problems += found["problems"]
             arrays.update({f"{name}.{k}": v for k, v in found["arrays"].items()})
             if "lut" in found:
                 files[f"{name}.lut"] = found["lut"]
-            plotted[name] = found["arrays"]
+            plotted[name] = found
             if progress:
                 s = found["summary"]
                 print(f"slm_lut {name}: " + (f"reaches {s['max_phase_rad']:.3f} rad, fit rms "
@@ -335,13 +337,18 @@ def calibrate_slm_lut(rig: Rig, system: System | None, progress: bool = False,
     finally:  # blank, as the rig leaves an SLM; dark input
         for name in roles.slms:
             if name not in rig.faulted:
-                dev = rig.instruments[name]
-                rig.show_gray(name, np.zeros(dev.shape, dtype=dev.lut.dtype))
+                _blank(rig, name)
         if roles.inputs not in rig.faulted:
             rig.load_inputs(roles.inputs, np.zeros((1, sweep.channels)))
     summary["input_level"] = sweep.level
     return StepResult(KIND, summary, arrays, queries=sweep.queries, rig_seconds=time.perf_counter() - start,
                       problems=problems, plot=lambda out: _plot(out, plotted), files=files)
+
+
+def _blank(rig: Rig, name: str) -> None:
+    """Gray level 0 over the whole SLM, through the rig."""
+    dev: PhaseModulator = rig.instruments[name]  # type: ignore[assignment]
+    rig.show_gray(name, np.zeros(dev.shape, dtype=dev.lut.dtype))
 
 
 def _calibrate_one(rig: Rig, roles: _Roles, blocks: _Blocks, sweep: _Sweep, index: int, name: str,
@@ -396,9 +403,10 @@ def _calibrate_one(rig: Rig, roles: _Roles, blocks: _Blocks, sweep: _Sweep, inde
     left_out = library.interpolation_errors(weights)
     interpolation = np.array([math.sqrt(float(np.mean(library.near(c, left_out) ** 2))) / 2 for c in centre])
     std = np.sqrt(scatter.var(1, ddof=1) / FRAMES + fisher**2 + interpolation**2)
-    import os
-    if os.environ.get("DBG"): print("fisher", np.round(fisher, 4), "interp", np.round(np.sqrt((interpolation**2).mean(1)), 4), "rep", np.round(np.sqrt(scatter.var(1, ddof=1) / FRAMES), 4), "leftout", np.round(left_out, 4))
-    params, errors = _fit(grays, phase, std, top)
+    try:
+        params, errors = _fit(grays, phase, std, top)
+    except (RuntimeError, ValueError) as exc:  # scipy's way of saying it found no fit
+        return unseen(f"the response curve could not be fitted ({exc})")
     fitted = response_curve(grays, top, *params)
     residual = phase - fitted
     rms = float(np.sqrt(np.mean(residual**2)))
@@ -416,7 +424,7 @@ def _calibrate_one(rig: Rig, roles: _Roles, blocks: _Blocks, sweep: _Sweep, inde
         "measured": True, "bits": dev.bit_depth, "levels_measured": len(grays),
         "fit": {"a": float(params[0]), "b": float(params[1]), "p": float(params[2]), "q": float(params[3]),
                 "std": [float(e) for e in errors]},
-        "max_phase_rad": reached, "reaches_2pi": beyond is not None,
+        "max_phase_rad": reached, "max_phase_std_rad": float(errors[1]), "reaches_2pi": beyond is not None,
         "first_level_past_2pi": beyond,
         "rms_fit_error_rad": rms, "median_phase_std_rad": float(np.median(std)),
         "chi2_per_block": reduced_chi2, "input_level": sweep.level, "lut_file": f"{name}.lut"}
@@ -452,26 +460,37 @@ def _problems(name: str, grays: np.ndarray, phase: np.ndarray, std: np.ndarray, 
 
 
 def _plot(out: Path, plotted: dict[str, dict[str, Any]]) -> None:
-    """Measured phases with error bars and the fitted curve per SLM, against the ideal line."""
+    """Per SLM: measured phases with error bars and the fitted curve against the ideal line,
+    and the residuals from the fit."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.5 * max(len(plotted), 1), 4.2))
+    columns = max(len(plotted), 1)
+    fig = Figure(figsize=(5.5 * columns, 6.5))
     if not plotted:
         fig.text(0.5, 0.5, "no SLM was measured", ha="center")
     for i, (name, found) in enumerate(plotted.items()):
-        ax = fig.add_subplot(1, max(len(plotted), 1), i + 1)
-        if "phase" not in found:
-            ax.text(0.5, 0.5, f"{name}: not measured", ha="center", transform=ax.transAxes)
-            ax.set(title=name)
+        ax, below = fig.add_subplot(2, columns, i + 1), fig.add_subplot(2, columns, columns + i + 1)
+        arrays = found["arrays"]
+        if "phase" not in arrays:
+            for a in (ax, below):
+                a.axis("off")
+            ax.set_title(name)
+            ax.text(0.5, 0.5, "not measured:\n" + textwrap.fill(found["summary"]["problem"], 50),
+                    ha="center", va="center", fontsize=8, transform=ax.transAxes)
             continue
-        count = len(found["lut"])
+        count = len(arrays["lut"])
         every = np.arange(count)
         ax.plot(every, TWO_PI * every / count, "k:", lw=1, label="ideal linear")
-        ax.plot(every, found["curve"], "r-", lw=1.2, label="fitted")
-        ax.errorbar(found["gray"], found["phase"], yerr=found["phase_std"], fmt="o", ms=3, capsize=2,
+        ax.plot(every, arrays["curve"], "r-", lw=1.2, label="fitted")
+        ax.errorbar(arrays["gray"], arrays["phase"], yerr=arrays["phase_std"], fmt="o", ms=3, capsize=2,
                     label="measured")
         ax.axhline(TWO_PI, color="0.6", lw=0.6, ls="--")
         ax.set(xlabel="gray level", ylabel="phase (rad)", title=f"{name}: gray level → phase")
         ax.legend(fontsize=7, loc="upper left")
+        below.errorbar(arrays["gray"], 1e3 * (arrays["phase"] - arrays["fitted"]),
+                       yerr=1e3 * arrays["phase_std"], fmt="o", ms=3, capsize=2)
+        below.axhline(0, color="r", lw=0.8)
+        below.set(xlabel="gray level", ylabel="measured − fitted (mrad)",
+                  title=f"rms {1e3 * found['summary']['rms_fit_error_rad']:.2g} mrad")
     fig.tight_layout()
     fig.savefig(out, dpi=90)
