@@ -42,7 +42,7 @@ CALIBRATE_EPILOG = """examples:
   satlab calibrate satlab/configs/d2nn-sim.yaml --only slm_lut
 """
 
-CALIBRATION_STEPS = ("wiring", "rings", "crosstalk", "weight_map", "camera", "slm_lut", "registration")
+CALIBRATION_STEPS = ("wiring", "rings", "crosstalk", "weight_map")
 
 
 EVALUATE_EPILOG = """examples:

@@ -13,9 +13,9 @@ from satlab.rigfile import RigSpec
 from satlab.validation import ConfigError
 
 # step → the system type it calibrates, in the order steps run
+# (the D2NN camera and SLM steps and the free-space registration are not in yet)
 STEPS = {"wiring": "mrr_weight_bank", "rings": "mrr_weight_bank", "crosstalk": "mrr_weight_bank",
-         "weight_map": "mrr_weight_bank", "camera": "d2nn", "slm_lut": "d2nn",
-         "registration": "incoherent_freespace"}
+         "weight_map": "mrr_weight_bank"}
 
 
 @dataclass
@@ -79,22 +79,6 @@ def run(rig: Rig, system, steps: list[str], options: BankOptions, say=print) -> 
             say("rings: coarse and dense sweeps" + (", then crosstalk" if "crosstalk" in steps else ""))
             results += ring_steps(probes, noise, options.tuning, options.coarse, options.dense,
                                   options.reach, "crosstalk" in steps)
-        return results
-    if "camera" in steps:
-        from satlab.calibration.camera import calibrate_camera
-
-        say("camera: dark frame, flat field, detector regions, registration")
-        results.append(calibrate_camera(rig, system))
-    if "slm_lut" in steps:
-        from satlab.calibration.slm import calibrate_slm_lut
-
-        say("slm_lut: gray level -> phase through the camera")
-        results.append(calibrate_slm_lut(rig, system))
-    if "registration" in steps:
-        from satlab.calibration.freespace import calibrate_registration
-
-        say("registration: display -> camera misalignment")
-        results.append(calibrate_registration(rig, system))
     return results
 
 
