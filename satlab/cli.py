@@ -31,7 +31,7 @@ EPILOG = """examples:
   satlab evaluate runs/RUN --drift 0:2:21
   satlab evaluate runs/RUN --sweep drift_K=0:1:5 --sweep fabrication_std_nm=0,0.05 --draws 5
   satlab rig check my-rig.yaml          open a rig, identify and read every instrument
-  satlab calibrate my-rig.yaml -o cal/  measure rings, crosstalk, weight map (or SLM, camera)
+  satlab calibrate my-rig.yaml -o cal/  rings, crosstalk, weight map of MRR banks
   satlab report runs/RUN_A runs/RUN_B   compare runs in one plot
 """
 
@@ -39,7 +39,6 @@ EPILOG = """examples:
 CALIBRATE_EPILOG = """examples:
   satlab calibrate satlab/configs/mrr-tait-sim.yaml -o cal/tait
   satlab calibrate my-rig.yaml --only wiring        only check the heater channel map
-  satlab calibrate satlab/configs/d2nn-sim.yaml --only slm_lut
 """
 
 CALIBRATION_STEPS = ("wiring", "rings", "crosstalk", "weight_map")
@@ -501,9 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Calibrate the devices of RIG_FILE through its instruments and write a "
                     "calibration folder\n(calibration.yaml, arrays, plots, summary.png) that a rig "
                     "file names with `calibration:`.\nMRR banks: wiring check, ring sweeps and fits, "
-                    "thermal crosstalk, weight <-> current map.\nD2NN benches: camera (dark, flat, "
-                    "regions, registration), SLM phase response (LUT).\nFree-space benches: the "
-                    "display -> camera registration.")
+                    "thermal crosstalk, weight <-> current map.")
     cal.add_argument("rig_file", metavar="RIG_FILE")
     cal.add_argument("--only", nargs="+", choices=list(CALIBRATION_STEPS), metavar="STEP",
                      help=f"run only these steps ({', '.join(CALIBRATION_STEPS)}); rings and "
