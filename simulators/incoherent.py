@@ -16,6 +16,7 @@ without, read through the same camera: without noise they agree bit for bit.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,7 +26,10 @@ from satlab.simulators.seeded_noise import SeededNoise
 
 from satlab.camera_readout import referenced_signals, shown_as_transmissions
 from satlab.instruments import Camera, InputModulator, Roi
-from satlab.validation import OptionError, require_count
+from satlab.validation import ConfigError, OptionError, require_count
+
+if TYPE_CHECKING:
+    from satlab.calibration.store import Calibration
 
 # The free-space system's named imperfections (also the bench's alignment axes), their units
 NAMED = {"rotation_deg": "deg", "shift_px": "px", "scale": "x"}
@@ -65,6 +69,12 @@ class IncoherentModel:
         slots = picture.reshape(self.rows, s, self.grid, s).transpose(1, 2).reshape(-1, s * s)
         return slots[self.places[:count]]
 
+    @staticmethod
+    def moved(pictures: torch.Tensor, rotation_deg: float, shift_px: float, scale: float) -> torch.Tensor:
+        """Pictures (..., H, W) rotated, shifted along the rows and magnified by 1 + ``scale``
+        about their centre."""
+        return optics.affine_resample(pictures, math.radians(rotation_deg), (shift_px, 0.0), 1.0 + scale)
+
     def tile_sums(self, x: torch.Tensor, transmission: torch.Tensor,
                   misalignment: dict[str, float] | None = None) -> torch.Tensor:
         """Light through each tile place (B, tiles) for transmissions (tiles, side²), the
@@ -72,9 +82,8 @@ class IncoherentModel:
         m = misalignment or {}
         rotation, shift, scale = m.get("rotation_deg", 0.0), m.get("shift_px", 0.0), m.get("scale", 0.0)
         if rotation or shift or scale:
-            moved = optics.affine_resample(self.picture(transmission), math.radians(rotation),
-                                           (shift, 0.0), 1.0 + scale)
-            transmission = self.tiles(moved, len(transmission))
+            transmission = self.tiles(self.moved(self.picture(transmission), rotation, shift, scale),
+                                      len(transmission))
         return x.reshape(len(x), -1) @ transmission.reshape(len(transmission), -1).T
 
 
@@ -167,11 +176,39 @@ class IncoherentTwin(torch.nn.Module):
         super().__init__()
         _check(side, outputs, camera or {})
         self.model, self.camera = IncoherentModel(side, outputs), IncoherentCameraModel(**(camera or {}))
+        # the display's own misalignment, measured by a registration (None: aligned, a preset)
+        self.misalignment: dict[str, float] | None = None
+
+    @classmethod
+    def from_calibration(cls, cal: Calibration, layer: str, **options) -> IncoherentTwin:
+        """The twin of layer ``layer`` with the misalignment its registration measured, under its knobs."""
+        twin = cls(**options)
+        layers = {k: v for k, v in cal.summary("registration").items() if isinstance(v, dict)}
+        where = cal.path / "calibration.yaml"
+        if layer not in layers:
+            raise ConfigError(where, "steps.registration", f"measured {', '.join(layers) or 'no layer'}, "
+                              f"not {layer!r}")
+        if not layers[layer].get("measured", True):
+            raise ConfigError(where, f"steps.registration.summary.{layer}",
+                              f"not measured: {layers[layer].get('problem', 'see its problems')}")
+        measured = cal.array("registration", f"{layer}.geometry", (2,))
+        model = twin.model
+        if tuple(int(v) for v in measured) != (model.side, model.outputs):
+            raise ConfigError(cal.path / "registration.npz", f"{layer}.geometry",
+                              f"measured {int(measured[1])} tiles of {int(measured[0])}x{int(measured[0])} "
+                              f"pixels; the twin has {model.outputs} of {model.side}x{model.side}")
+        misalignment = cal.array("registration", f"{layer}.misalignment", (3,))
+        twin.misalignment = {axis: float(v) for axis, v in zip(NAMED, misalignment, strict=True)}
+        return twin
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
                 alignment: dict[str, float] | None = None) -> torch.Tensor:
         """The layer's outputs (B, outputs), as the bench's camera reads them, with the
         display's stages at ``alignment`` (axis: position; none: all at 0)."""
+        if self.misalignment is not None:
+            # as on the bench: along each axis the display's own misalignment plus its knob
+            knobs = alignment or {}
+            alignment = {axis: v + knobs.get(axis, 0.0) for axis, v in self.misalignment.items()}
         shown = shown_as_transmissions(weights.reshape(self.model.outputs, -1))
         counts = self.camera.counts(self.model.tile_sums(x.double(), shown, alignment))
         return referenced_signals(counts[:, 0])

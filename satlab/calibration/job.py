@@ -13,9 +13,8 @@ from satlab.rigfile import RigSpec
 from satlab.validation import ConfigError
 
 # step → the system type it calibrates, in the order steps run
-# (the D2NN camera and SLM steps and the free-space registration are not in yet)
 STEPS = {"wiring": "mrr_weight_bank", "rings": "mrr_weight_bank", "crosstalk": "mrr_weight_bank",
-         "weight_map": "mrr_weight_bank"}
+         "weight_map": "mrr_weight_bank", "registration": "incoherent_freespace"}
 
 
 @dataclass
@@ -79,6 +78,11 @@ def run(rig: Rig, system, steps: list[str], options: BankOptions, say=print) -> 
             say("rings: coarse and dense sweeps" + (", then crosstalk" if "crosstalk" in steps else ""))
             results += ring_steps(probes, noise, options.tuning, options.coarse, options.dense,
                                   options.reach, "crosstalk" in steps)
+    if "registration" in steps:
+        from satlab.calibration.freespace import calibrate_registration
+
+        say("registration: each weight display's misalignment against its camera")
+        results.append(calibrate_registration(rig, system))
     return results
 
 

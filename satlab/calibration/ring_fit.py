@@ -49,10 +49,33 @@ def failed(status: int) -> DipFit:
     return DipFit(nan, nan, nan, nan, (nan,) * 4, nan, status)
 
 
-def _below_runs(y: np.ndarray, level: float) -> int:
-    """How many separate runs of the sweep lie below ``level``."""
-    below = y < level
-    return int(below[0]) + int(np.count_nonzero(below[1:] & ~below[:-1]))
+def _below_runs(y: np.ndarray, level: float, margin: float) -> int:
+    """How many separate runs of the sweep dip below ``level - margin``, a run ending only
+    once the sweep climbs above ``level + margin`` (noise at the level is not a new dip)."""
+    runs, inside = 0, False
+    for value in y:
+        if not inside and value < level - margin:
+            runs, inside = runs + 1, True
+        elif inside and value > level + margin:
+            inside = False
+    return runs
+
+
+def _clipped(x: np.ndarray, y: np.ndarray, contrast: float) -> bool:
+    """A bottom cut flat by the detector: several drives read exactly the lowest value, and
+    the dip the other readings describe goes well below it. (A coarse ADC also repeats
+    its lowest step near a round bottom, but the dip then ends within a step or two.)"""
+    at_min = np.unique(x[y == y.min()])
+    if len(at_min) < 3 or np.count_nonzero((x >= at_min[0]) & (x <= at_min[-1]) & (y > y.min())):
+        return False
+    outside = (x < at_min[0]) | (x > at_min[-1])
+    try:
+        popt, _ = curve_fit(lorentz_dip, x[outside], y[outside],
+                            p0=[at_min.mean(), max(np.ptp(at_min), 1e-12), contrast, y.max()],
+                            maxfev=5000)
+    except (RuntimeError, ValueError):
+        return True  # the readings outside do not describe a dip that ends at the floor
+    return popt[3] - abs(popt[2]) < y.min() - 0.1 * contrast
 
 
 def classify(x: np.ndarray, y: np.ndarray, noise: float, min_contrast: float) -> int | None:
@@ -65,11 +88,9 @@ def classify(x: np.ndarray, y: np.ndarray, noise: float, min_contrast: float) ->
         return NO_RESONANCE  # still falling at the top of the range: the dip lies above it
     if contrast < max(min_contrast, 8 * noise):
         return LOW_CONTRAST
-    # a clipped bottom: several readings at exactly the lowest value, where a dip is round
-    at_min = np.unique(x[y == y.min()])
-    if len(at_min) >= 3 and np.count_nonzero((x >= at_min[0]) & (x <= at_min[-1]) & (y > y.min())) == 0:
+    if _clipped(x, y, contrast):
         return SATURATED
-    if _below_runs(y, y.max() - contrast / 2 + 3 * noise) > 1:
+    if _below_runs(y, y.max() - contrast / 2, max(3 * noise, 0.05 * contrast)) > 1:
         return TWO_RESONANCES
     return None
 
