@@ -219,3 +219,34 @@ def test_a_calibration_of_other_instruments_warns_or_is_refused_with_strict(tmp_
     assert len(warnings) == 1 and "instruments.heaters: measured on 'Qontrol Q8iv SN 12'" in warnings[0]
     with pytest.raises(ConfigError, match=r"created: 0\.0 days old, older than -1 days \(--strict\)"):
         check_calibration(cal, "bench-a", {}, -1, True, print)
+
+
+def test_trained_weights_deploy_onto_a_rig_and_evaluate_untrained(tmp_path):
+    from conftest import tiny_config
+
+    trained = write_yaml(tmp_path / "train.yaml", {
+        **tiny_config(TWO_LAYER_RIG, methods=["plain"]), "estimator": {"name": "twin_autograd"}})
+    proc = subprocess.run([SATLAB, "train", str(trained), "--quiet", "--run-dir", str(tmp_path / "a")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    weights = torch.load(tmp_path / "a" / "plain" / "weights.pt", weights_only=True)
+    assert weights["layers"]["fc2"].shape == (16, 32) and weights["layers"]["fc3"].shape == (10, 16)
+    deployed = tiny_config(TWO_LAYER_RIG, methods=["weights"])
+    deployed["model"]["init_from"] = str(tmp_path / "a")
+    path = write_yaml(tmp_path / "deploy.yaml", deployed)
+    proc = subprocess.run([SATLAB, "train", str(path), "--quiet", "--run-dir", str(tmp_path / "b")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    before = json.loads((tmp_path / "a" / "plain" / "summary.json").read_text())
+    after = json.loads((tmp_path / "b" / "weights" / "summary.json").read_text())
+    # the same chip, its exact twin: the weights come back as they were trained
+    assert after["rig_queries"] < 100 and after["deployed_from"].endswith("weights.pt")
+    assert abs(after["test_accuracy"] - before["test_accuracy"]) <= 0.04
+    deployed["model"]["init_from"] = str(tmp_path / "nowhere")
+    bad = write_yaml(tmp_path / "bad.yaml", deployed)
+    proc = subprocess.run([SATLAB, "train", str(bad), "--quiet", "--run-dir", str(tmp_path / "c")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "model.init_from: no weights.pt" in proc.stderr
+    assert not (tmp_path / "c").exists()
