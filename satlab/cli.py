@@ -41,7 +41,8 @@ CALIBRATE_EPILOG = """examples:
   satlab calibrate my-rig.yaml --only wiring        only check the heater channel map
 """
 
-CALIBRATION_STEPS = ("wiring", "rings", "crosstalk", "weight_map", "registration")  # job.STEPS
+CALIBRATION_STEPS = ("wiring", "rings", "crosstalk", "weight_map", "slm_lut", "camera",
+                     "registration")  # job.STEPS
 
 
 EVALUATE_EPILOG = """examples:
@@ -500,7 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Calibrate the devices of RIG_FILE through its instruments and write a "
                     "calibration folder\n(calibration.yaml, arrays, plots, summary.png) that a rig "
                     "file names with `calibration:`.\nMRR banks: wiring check, ring sweeps and fits, "
-                    "thermal crosstalk, weight <-> current map.\nFree-space benches: each weight display's "
+                    "thermal crosstalk, weight <-> current map.\nD2NN benches: each SLM's gray level -> "
+                    "phase response (a LUT file), the camera's dark frame, flat field, detector "
+                    "regions and registration.\nFree-space benches: each weight display's "
                     "misalignment (rotation, shift, scale) against its camera.")
     cal.add_argument("rig_file", metavar="RIG_FILE")
     cal.add_argument("--only", nargs="+", choices=list(CALIBRATION_STEPS), metavar="STEP",

@@ -427,6 +427,16 @@ class Rig:
         self._settled_after(name)
         return gray
 
+    def show_gray(self, name: str, gray: np.ndarray) -> None:
+        """Show integer gray levels on an SLM as they are, past its LUT (to calibrate the LUT);
+        readings wait its settle_time."""
+        self._writable(name)
+        wait_until(self._quiet_until)
+        with self.named(name, "show_gray"):
+            self._typed(name, PhaseModulator).show_gray(gray)
+        self._log(name, "show_gray", np.asarray(gray))
+        self._settled_after(name)
+
     def move(self, name: str, position: float) -> None:
         """Move an alignment axis; readings wait its settle_time. Outside its travel: RigLimitError."""
         dev = self._typed(name, Positioner)

@@ -14,7 +14,8 @@ from satlab.validation import ConfigError
 
 # step → the system type it calibrates, in the order steps run
 STEPS = {"wiring": "mrr_weight_bank", "rings": "mrr_weight_bank", "crosstalk": "mrr_weight_bank",
-         "weight_map": "mrr_weight_bank", "registration": "incoherent_freespace"}
+         "weight_map": "mrr_weight_bank", "slm_lut": "d2nn", "camera": "d2nn",
+         "registration": "incoherent_freespace"}
 
 
 @dataclass
@@ -78,6 +79,16 @@ def run(rig: Rig, system, steps: list[str], options: BankOptions, say=print) -> 
             say("rings: coarse and dense sweeps" + (", then crosstalk" if "crosstalk" in steps else ""))
             results += ring_steps(probes, noise, options.tuning, options.coarse, options.dense,
                                   options.reach, "crosstalk" in steps)
+    if "slm_lut" in steps:  # first: the camera's spot patterns trust the SLMs' tables
+        from satlab.calibration.slm import calibrate_slm_lut
+
+        say("slm_lut: each SLM's gray level -> phase response through the camera")
+        results.append(calibrate_slm_lut(rig, system))
+    if "camera" in steps:
+        from satlab.calibration.camera import calibrate_camera
+
+        say("camera: dark frame, spots of single-class patterns, registration, flat field")
+        results.append(calibrate_camera(rig, system))
     if "registration" in steps:
         from satlab.calibration.freespace import calibrate_registration
 

@@ -17,10 +17,12 @@ import torch
 from pydantic import Field, PositiveInt
 
 from satlab import registry
+from satlab.calibration.camera import corrected_frames
+from satlab.calibration.store import load_calibration
 from satlab.camera_readout import normalised_signals, square_regions
 from satlab.instruments import Roi
 from satlab.rig import Rig, RigError, RigLimitError
-from satlab.rigfile import PluginSpec, Strict, SystemSpec
+from satlab.rigfile import PluginSpec, RigSpec, Strict, SystemSpec
 from satlab.systems.protocol import (
     AlignmentKnobSpec,
     ControlSpace,
@@ -63,6 +65,33 @@ class D2nnSystemSpec(SystemSpec):
     layer: D2nnLayerSpec
 
 
+def calibrated_readout(rig_spec: RigSpec, layer: D2nnLayerSpec, shape: tuple[int, int]
+                       ) -> tuple[torch.Tensor, np.ndarray, np.ndarray] | None:
+    """The layer's detector regions (regions, H, W), dark frame and flat field as the rig
+    file's calibration measured them on its camera; None without a camera calibration."""
+    if rig_spec.calibration is None:
+        return None
+    cal = load_calibration(rig_spec.calibration)
+    if not cal.has("camera"):
+        return None
+    file = cal.path / cal.meta.steps["camera"].arrays
+    measured = cal.summary("camera").get("layer", layer.name)
+    if measured != layer.name:
+        raise ConfigError(cal.path / "calibration.yaml", "steps.camera.summary.layer",
+                          f"measured layer {measured!r}, not {layer.name!r}")
+    regions = cal.array("camera", "regions", (sum(layer.detectors.layout), *shape))
+    if regions.dtype != bool:
+        raise ConfigError(file, "regions", f"expected booleans, got {regions.dtype}")
+    empty = [k for k, region in enumerate(regions) if not region.any()]
+    if empty:
+        raise ConfigError(file, "regions", f"regions {empty} hold no pixel")
+    dark = cal.array("camera", "dark", shape).astype(np.float64)
+    flat = cal.array("camera", "flat", shape).astype(np.float64)
+    if not (flat > 0).all():
+        raise ConfigError(file, "flat", "expected a positive gain on every pixel")
+    return torch.from_numpy(regions), dark, flat
+
+
 class D2nnLayerTwin(torch.nn.Module):
     """The layer's twin on controls: macro-pixels → device phases → the bench's twin, read
     on the layer's own detector regions."""
@@ -91,8 +120,16 @@ class D2nnLayerBackend(LayerBackend):
         slm = rig.instruments[spec.slms[0]]
         rows, cols = slm.shape
         self.pixels = MacroPixels(rows, cols, spec.macro_pixel)
-        self.regions = square_regions(rig.instruments[spec.camera].shape, spec.detectors.size_px,
-                                      tuple(spec.detectors.layout), spec.detectors.spacing_px)
+        sensor = tuple(rig.instruments[spec.camera].shape)
+        # a camera calibration's regions, dark and flat are what the readout integrates and corrects
+        calibrated = calibrated_readout(rig.spec, spec, sensor)
+        self._correction: tuple[np.ndarray, np.ndarray] | None = None
+        if calibrated is None:
+            self.regions = square_regions(sensor, spec.detectors.size_px, tuple(spec.detectors.layout),
+                                          spec.detectors.spacing_px)
+        else:
+            self.regions, dark, flat = calibrated
+            self._correction = (dark, flat)
         self.in_features, self.out_features = spec.image**2, len(self.regions)
         n = self.pixels.size * len(spec.slms)
         self.controls = ControlSpace("SLM phase", "rad", torch.zeros(n, dtype=torch.float64),
@@ -121,7 +158,11 @@ class D2nnLayerBackend(LayerBackend):
             if clipped.any():  # light outside the detectors may clip: it is not an output
                 raise RigError(f"{self.spec.camera} saturated on the detectors in {int(clipped.sum())} "
                                f"of {len(x)} frames: lower the layer's exposure_s ({self.spec.exposure_s:g} s)")
-            out[p] = normalised_signals(torch.from_numpy(shot.signal), self.regions).numpy()
+            if self._correction is None:
+                frames = shot.signal
+            else:
+                frames = corrected_frames(shot.counts.astype(np.float64), *self._correction)
+            out[p] = normalised_signals(torch.from_numpy(frames), self.regions).numpy()
         return out
 
     def project(self, controls: torch.Tensor, margin: float = 0.0) -> None:
@@ -175,6 +216,7 @@ class D2nnSystem(System):
                            tuple(layer.detectors.layout), layer.detectors.spacing_px)
         except ValueError as exc:
             raise ConfigError(self.path, "system.layer.detectors", str(exc)) from None
+        calibrated_readout(self.rig_spec, layer, tuple(rig.instruments[layer.camera].shape))
         # the twin must model this bench: as many masks, of the SLMs' and camera's size
         twin = getattr(registry.lookup(layer.twin.driver)(**layer.twin.options), "model", None)
         params = getattr(twin, "params", None)
