@@ -309,19 +309,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.output or Path("calibrations") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(out, "-o", "exists and is not an empty folder: a calibration needs its own")
-    options = BankOptions(args.tuning, args.coarse, args.dense, args.reach)
+    options = BankOptions(args.tuning, args.coarse, args.dense, args.reach, args.linewidth_nm)
     say = (lambda line: None) if args.quiet else print
     print(f"rig: {spec.name} ({args.rig_file})\nsteps: {', '.join(steps)}")
     try:
         with Rig(spec, args.rig_file, visa_backend=args.visa_backend) as rig:
             results = run(rig, system, steps, options, say)
             identities = dict(rig.identities)
+            wire = {name: w.summary() for name, w in rig.wire_times().items()}
     except WiringError as exc:
         print(f"error: {spec.name}: wiring: {exc}; nothing else was measured (the rig was left in "
               "its safe state)", file=sys.stderr)
         return 1
     write_calibration(out, spec.name, identities, results, args.temperature_K,
-                      summary_plot(spec.name, results))
+                      summary_plot(spec.name, results), wire)
     for step in results:
         print(f"{step.kind}: {step.queries} rig queries, {step.rig_seconds:.2f} s at the rig"
               + (f", {len(step.problems)} problems" if step.problems else ""))
@@ -329,6 +330,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             print(f"  {line}")
         if len(step.problems) > 10:
             print(f"  ... {len(step.problems) - 10} more in {out / 'calibration.yaml'}")
+    for name, w in wire.items():  # measured by the drivers: what the line cost
+        print(f"{name}: wire {w['ms_per_write']:.2f} ms per write ({w['writes']}), "
+              f"{w['ms_per_read']:.2f} ms per read ({w['reads']})")
     print(f"calibration: {out}\nuse it: add `calibration: {out.resolve()}` to the rig file")
     return 0
 
@@ -520,6 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="dense sweep points around each dip (default 16)")
     cal.add_argument("--reach", type=_positive_int, default=2,
                      help="rings along a waveguide that a heater warms, each side (default 2)")
+    cal.add_argument("--linewidth-nm", type=float, dest="linewidth_nm",
+                     help="the rings' optical linewidth (FWHM), if known: tuning efficiency is "
+                          "then also stated in nm per W (or per A); a sweep of weights alone sees "
+                          "it in linewidths")
     cal.add_argument("--temperature-K", type=float, dest="temperature_K",
                      help="the chip's temperature, recorded with the calibration")
     cal.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import SATLAB, TWO_LAYER_RIG, bank_rig, write_yaml
 
 from satlab.calibration.bank_steps import WiringError
@@ -72,6 +73,8 @@ def test_resonances_and_crosstalk_are_recovered(tmp_path):
     assert (error <= 4 * arrays["fc.errors"][:, 0] + 1e-3 * arrays["fc.hwhm"]).all()
     hwhm_true = 0.3 / 2 / 100  # fwhm 0.3 nm at 100 nm/W
     assert np.allclose(arrays["fc.hwhm"], hwhm_true, rtol=0.02)
+    # tuning efficiency: 0.3 nm lines, 100 nm/W
+    assert np.allclose(0.3 * arrays["fc.tuning_linewidths_per_unit"], 100, rtol=0.02)
     found = steps["crosstalk"].arrays
     rings = np.arange(ROWS * COLS)
     distance = np.abs(rings[None, :] % COLS - rings[:, None] % COLS)
@@ -250,3 +253,39 @@ def test_trained_weights_deploy_onto_a_rig_and_evaluate_untrained(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "model.init_from: no weights.pt" in proc.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_a_bank_calibrates_through_the_real_q8iv_driver_with_its_wire_time(tmp_path):
+    rig = yaml.safe_load((TWO_LAYER_RIG.parent / "mrr-q8iv-sim.yaml").read_text())
+    options = rig["resources"]["chip"]["options"]
+    for pacing in ("baud_rate", "reply_latency_s", "latency_timer_s"):  # unpaced: a test's time
+        options.pop(pacing)
+    path = write_yaml(tmp_path / "rig.yaml", rig)
+    proc = subprocess.run([SATLAB, "calibrate", str(path), "-o", str(tmp_path / "cal"), "--quiet",
+                           "--only", "rings"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    cal = load_calibration(tmp_path / "cal")
+    assert cal.meta.instruments["heaters"].startswith("Q8iv")
+    wire = cal.meta.wire["heaters"]
+    # every sweep point is a write; the four readings with all heaters off need none
+    assert wire["writes"] >= cal.meta.steps["rings"].queries - 4 and wire["ms_per_write"] > 0
+    assert "heaters: wire" in proc.stdout
+    # the chip's own resonances (paper_system1: current tuning, 0.1 nm/mA) come back
+    from satlab.simulators.mrr_bank import bank_model
+
+    truth = -bank_model(10, 3, "paper_system1", 11).fabrication_nm.flatten().numpy() / 100
+    arrays = cal.arrays("rings")
+    assert cal.summary("rings")["fc"]["tuning"] == "current"
+    ok = arrays["fc.status"] == 0
+    assert ok.sum() >= 10
+    assert np.abs(arrays["fc.center"][ok] - truth[ok]).max() < 5e-5  # A; the lines are 1.5 mA wide
+
+
+def test_a_power_budget_that_cannot_hold_one_ring_is_refused_before_anything_opens(tmp_path):
+    spec = bank_rig(limits={"max_current": 0.024, "max_total_power": 0.1, "heater_resistance_ohm": 500})
+    path = write_yaml(tmp_path / "rig.yaml", spec)
+    proc = subprocess.run([SATLAB, "calibrate", str(path), "-o", str(tmp_path / "cal")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "instruments.heaters.limits.max_total_power: 0.1 W cannot hold one ring" in proc.stderr
+    assert "rig:" not in proc.stdout  # nothing opened

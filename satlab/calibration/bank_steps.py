@@ -64,7 +64,8 @@ def _cost(probes: list[BankProbe], start: list[tuple[int, float]]) -> tuple[int,
 
 
 def ring_steps(probes: list[BankProbe], noise: dict[str, np.ndarray], tuning: str, coarse: int,
-               dense: int, reach: int, crosstalk: bool) -> list[StepResult]:
+               dense: int, reach: int, crosstalk: bool,
+               linewidth_nm: float | None = None) -> list[StepResult]:
     """Sweep and fit every ring, measure crosstalk (if asked), and build the weight maps."""
     start = [(p.queries, p.seconds) for p in probes]
     sweeps, ring_arrays, ring_summary, ring_problems = {}, {}, {}, []
@@ -80,6 +81,10 @@ def ring_steps(probes: list[BankProbe], noise: dict[str, np.ndarray], tuning: st
         ring_arrays[f"{name}.errors"] = sweep.errors()
         ring_arrays[f"{name}.status"] = sweep.status
         ring_arrays[f"{name}.max_current"] = probe.max_current
+        # a sweep of weights sees the line in drive units only: tuning in linewidths (FWHM)
+        # per unit of drive, in nm only where the ring's optical linewidth is known
+        efficiency = 1 / (2 * sweep.array("hwhm"))
+        ring_arrays[f"{name}.tuning_linewidths_per_unit"] = efficiency
         ok = sweep.status == 0
         ring_summary[name] = {
             "tuning": sweep.drive.tuning, "drive_unit": sweep.drive.unit, "rings": probe.n,
@@ -88,6 +93,9 @@ def ring_steps(probes: list[BankProbe], noise: dict[str, np.ndarray], tuning: st
             "median_hwhm": float(np.median(sweep.array("hwhm")[ok])) if ok.any() else None,
             "median_center_error": float(np.median(sweep.errors()[ok, 0])) if ok.any() else None,
             "median_depth": float(np.median(sweep.array("depth")[ok])) if ok.any() else None,
+            "median_tuning_linewidths_per_unit": float(np.median(efficiency[ok])) if ok.any() else None,
+            **({"median_tuning_nm_per_unit": float(linewidth_nm * np.median(efficiency[ok]))}
+               if linewidth_nm and ok.any() else {}),
         }
     rings = StepResult("rings", ring_summary, ring_arrays, *_cost(probes, start), ring_problems,
                        lambda path: _plot_sweeps(path, probes, sweeps))

@@ -26,6 +26,7 @@ class BankOptions:
     coarse: int = 64
     dense: int = 16
     reach: int = 2
+    linewidth_nm: float | None = None  # the rings' optical FWHM, to state tuning in nm
 
 
 def plan(spec: RigSpec, path: Path, only: list[str] | None) -> list[str]:
@@ -78,7 +79,7 @@ def run(rig: Rig, system, steps: list[str], options: BankOptions, say=print) -> 
         if "rings" in steps:
             say("rings: coarse and dense sweeps" + (", then crosstalk" if "crosstalk" in steps else ""))
             results += ring_steps(probes, noise, options.tuning, options.coarse, options.dense,
-                                  options.reach, "crosstalk" in steps)
+                                  options.reach, "crosstalk" in steps, options.linewidth_nm)
     if "slm_lut" in steps:  # first: the camera's spot patterns trust the SLMs' tables
         from satlab.calibration.slm import calibrate_slm_lut
 

@@ -64,6 +64,8 @@ class CalibrationMeta(_Strict):
     created: AwareDatetime
     temperature_K: float | None = None
     instruments: dict[str, str] = Field(description="rig-file name: identity when measured")
+    wire: dict[str, dict[str, float]] = Field({}, description="per instrument: line time measured "
+                                                            "by its driver during the calibration")
     steps: dict[str, StepRecord] = Field(min_length=1)
 
 
@@ -90,7 +92,8 @@ def _sync(path: Path) -> None:
 
 def write_calibration(out: Path, rig_name: str, identities: dict[str, str],
                       steps: list[StepResult], temperature_K: float | None = None,
-                      summary_plot: Callable[[Path], None] | None = None) -> Path:
+                      summary_plot: Callable[[Path], None] | None = None,
+                      wire: dict[str, dict] | None = None) -> Path:
     """Write a complete calibration folder at ``out`` atomically; refuses to overwrite one."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -115,7 +118,8 @@ def write_calibration(out: Path, rig_name: str, identities: dict[str, str],
                                   "summary": step.summary}
         meta = {"satlab_calibration": 1, "rig": rig_name,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "temperature_K": temperature_K, "instruments": identities, "steps": records}
+                "temperature_K": temperature_K, "instruments": identities,
+                "wire": wire or {}, "steps": records}
         if summary_plot is not None:
             summary_plot(tmp / "summary.png")
         # the yaml last: a folder without it is not a calibration
