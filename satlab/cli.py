@@ -123,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from satlab.deployment import load_weights
         from satlab.systems import system_for
 
-        weights = load_weights(cfg.model.init_from, config_path,
+        weights = load_weights(cfg.model.init_from, config_path, cfg.model,
                                system_for(spec, cfg.rig).layer_shapes())
     finished = {m: _verified_checkpoint(run_dir / m) for m in cfg.training.methods} \
         if args.resume else {}  # a corrupt checkpoint stops here, before the rig opens

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import torch
 
+from satlab.config import ModelConfig
 from satlab.validation import ConfigError
 
 WEIGHTS_FILE = "weights.pt"
+# the model settings that shape the digital layers: weights move only between equal ones
+DIGITAL_SHAPE = ("front", "conv_channels", "physical", "activation")
 
 
 def export_weights(model: torch.nn.Module, path: Path) -> None:
@@ -28,7 +31,8 @@ def export_weights(model: torch.nn.Module, path: Path) -> None:
     if not layers:
         return  # a system without weights (masks, phases) deploys its controls as they are
     digital = {k: v for k, v in model.state_dict().items() if not k.startswith("physical.")}
-    torch.save({"satlab_weights": 1, "layers": layers, "digital": digital}, path)
+    shape = {k: getattr(model.cfg, k) for k in DIGITAL_SHAPE}
+    torch.save({"satlab_weights": 1, "layers": layers, "digital": digital, "model": shape}, path)
 
 
 def find_weights(source: Path) -> Path:
@@ -42,8 +46,10 @@ def find_weights(source: Path) -> Path:
     raise FileNotFoundError(source)
 
 
-def load_weights(source: Path, config_path: Path, layer_shapes: list[tuple[str, int, int]]) -> dict:
-    """Weights to deploy, checked against the rig's layers; ConfigError names the problem."""
+def load_weights(source: Path, config_path: Path, model: ModelConfig,
+                 layer_shapes: list[tuple[str, int, int]]) -> dict:
+    """Weights to deploy, checked against the config's model and the rig's layers before
+    anything opens; ConfigError names the problem."""
     field = "model.init_from"
     try:
         path = find_weights(Path(source))
@@ -56,6 +62,11 @@ def load_weights(source: Path, config_path: Path, layer_shapes: list[tuple[str, 
         raise ConfigError(config_path, field, f"{path}: unreadable weights ({type(exc).__name__})") from None
     if not (isinstance(data, dict) and data.get("satlab_weights") == 1 and isinstance(data.get("layers"), dict)):
         raise ConfigError(config_path, field, f"{path}: not a satlab weights file")
+    for key in DIGITAL_SHAPE:
+        theirs, ours = data.get("model", {}).get(key), getattr(model, key)
+        if theirs != ours:
+            raise ConfigError(config_path, f"model.{key}", f"{ours!r}, but {path} was trained with "
+                              f"{theirs!r}: its digital layers would not fit")
     for name, n_in, n_out in layer_shapes:
         w = data["layers"].get(name)
         if not isinstance(w, torch.Tensor) or tuple(w.shape) != (n_out, n_in):
@@ -68,7 +79,7 @@ def load_weights(source: Path, config_path: Path, layer_shapes: list[tuple[str, 
     return data
 
 
-def deploy(model: torch.nn.Module, weights: dict, config_path: Path) -> None:
+def deploy(model: torch.nn.Module, weights: dict) -> None:
     """Set every physical layer's controls to show the weights, load the digital state."""
     try:
         result = model.load_state_dict(weights["digital"], strict=False)
@@ -76,8 +87,8 @@ def deploy(model: torch.nn.Module, weights: dict, config_path: Path) -> None:
         if missing or result.unexpected_keys:
             raise RuntimeError(f"missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
     except RuntimeError as exc:
-        raise ConfigError(config_path, "model.init_from", f"{weights['path']}: its digital layers do "
-                          f"not fit this model ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(weights["path"], "digital", "the digital layers do not fit this config's "
+                          f"model ({str(exc).splitlines()[0]})") from None
     for layer in model.physical:
         controls = layer.backend.controls_for_weights(weights["layers"][layer.backend.name])
         with torch.no_grad():

@@ -53,6 +53,7 @@ class HybridNet(nn.Module):
     def __init__(self, cfg: ModelConfig, backends: list[LayerBackend],
                  estimator: GradientEstimator, generator: torch.Generator) -> None:
         super().__init__()
+        self.cfg = cfg
         self.front = (ImageFront(math.isqrt(cfg.physical[0])) if cfg.front == "image"
                       else lenet_front(cfg))
         self.readout_scale = cfg.readout_scale

@@ -103,7 +103,7 @@ def build_trainee(cfg: RunConfig, rig: Rig, method: str, weights: dict | None = 
     backends = system_for(rig.spec, rig.path).build_layers(rig)
     model = HybridNet(cfg.model, backends, estimator, torch.Generator().manual_seed(t.seed))
     if weights is not None:
-        deploy(model, weights, cfg.model.init_from)
+        deploy(model, weights)
     for layer in model.physical:
         layer.alignment_radius = np.array([t.rho_alignment.get(k.positioner, 0.0) for k in layer.backend.knobs])
     groups = [

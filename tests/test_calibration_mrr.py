@@ -247,6 +247,12 @@ def test_trained_weights_deploy_onto_a_rig_and_evaluate_untrained(tmp_path):
     # the same chip, its exact twin: the weights come back as they were trained
     assert after["rig_queries"] < 100 and after["deployed_from"].endswith("weights.pt")
     assert abs(after["test_accuracy"] - before["test_accuracy"]) <= 0.04
+    deployed["model"]["conv_channels"] = [4]
+    other = write_yaml(tmp_path / "other.yaml", deployed)
+    proc = subprocess.run([SATLAB, "train", str(other), "--quiet", "--run-dir", str(tmp_path / "d")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "model.conv_channels: [4], but" in proc.stderr
+    assert not (tmp_path / "d").exists()
     deployed["model"]["init_from"] = str(tmp_path / "nowhere")
     bad = write_yaml(tmp_path / "bad.yaml", deployed)
     proc = subprocess.run([SATLAB, "train", str(bad), "--quiet", "--run-dir", str(tmp_path / "c")],

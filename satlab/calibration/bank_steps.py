@@ -30,6 +30,20 @@ def _figure(rows: int, cols: int, size: tuple[float, float]):
     return plt, fig, axes
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _per_layer(path: Path, probes: list[BankProbe], height: float, draw) -> None:
+    """One panel per bank side by side: ``draw(fig, ax, probe)`` fills each."""
+    plt, fig, axes = _figure(1, len(probes), (5 * len(probes), height))
+    for ax, probe in zip(axes[0], probes):
+        draw(fig, ax, probe)
+    _save(plt, fig, path)
+
+
 def wiring_step(probes: list[BankProbe]) -> tuple[StepResult, dict[str, np.ndarray]]:
     """Step every heater channel alone; StepResult and each layer's noise per ring."""
     arrays, summary, problems, noise = {}, {}, [], {}
@@ -43,19 +57,16 @@ def wiring_step(probes: list[BankProbe]) -> tuple[StepResult, dict[str, np.ndarr
         summary[name] = {"rings": probe.n, "dead_or_miswired": len(found["problems"]),
                          "median_noise": float(np.median(found["noise"]))}
 
-    def plot(path: Path) -> None:
-        plt, fig, axes = _figure(1, len(probes), (5 * len(probes), 4))
-        for ax, probe in zip(axes[0], probes):
-            name = probe.layer.name
-            ax.bar(np.arange(probe.n), arrays[f"{name}.response"], width=1.0,
-                   color=np.where(arrays[f"{name}.responder"] == np.arange(probe.n), "tab:blue", "tab:red"))
-            ax.set(title=f"{name}: largest weight change per heater step", xlabel="ring (row-major)",
-                   ylabel="|Δw|")
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
+    def panel(fig, ax, probe: BankProbe) -> None:
+        name = probe.layer.name
+        wired = arrays[f"{name}.responder"] == np.arange(probe.n)
+        ax.bar(np.arange(probe.n), arrays[f"{name}.response"], width=1.0,
+               color=np.where(wired, "tab:blue", "tab:red"))
+        ax.set(title=f"{name}: largest weight change per heater step", xlabel="ring (row-major)",
+               ylabel="|Δw|")
 
-    return StepResult("wiring", summary, arrays, *_cost(probes, start), problems, plot), noise
+    return (StepResult("wiring", summary, arrays, *_cost(probes, start), problems,
+                       lambda path: _per_layer(path, probes, 4, panel)), noise)
 
 
 def _cost(probes: list[BankProbe], start: list[tuple[int, float]]) -> tuple[int, float]:
@@ -165,31 +176,26 @@ def _plot_sweeps(path: Path, probes: list[BankProbe], sweeps: dict) -> None:
             ax.set(title=f"{probe.name(r).split(' on ')[0]}", xlabel=f"drive ({sweep.drive.unit})",
                    ylabel="weight")
         row[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _plot_crosstalk(path: Path, probes: list[BankProbe], arrays: dict) -> None:
-    plt, fig, axes = _figure(1, len(probes), (5 * len(probes), 4))
-    for ax, probe in zip(axes[0], probes):
-        c = np.where(arrays[f"{probe.layer.name}.measured"], arrays[f"{probe.layer.name}.coupling"], np.nan)
-        image = ax.imshow(c, cmap="viridis", interpolation="nearest")
+    def panel(fig, ax, probe: BankProbe) -> None:
+        name = probe.layer.name
+        image = ax.imshow(np.where(arrays[f"{name}.measured"], arrays[f"{name}.coupling"], np.nan),
+                          cmap="viridis", interpolation="nearest")
         fig.colorbar(image, ax=ax, label="coupling (fraction of drive)")
-        ax.set(title=f"{probe.layer.name}: crosstalk (victim row, aggressor column)",
+        ax.set(title=f"{name}: crosstalk (victim row, aggressor column)",
                xlabel="aggressor ring", ylabel="victim ring")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+
+    _per_layer(path, probes, 4, panel)
 
 
 def _plot_ranges(path: Path, probes: list[BankProbe], arrays: dict) -> None:
-    plt, fig, axes = _figure(1, len(probes), (5 * len(probes), 3.5))
-    for ax, probe in zip(axes[0], probes):
-        low, high = arrays[f"{probe.layer.name}.reachable_low"], arrays[f"{probe.layer.name}.reachable_high"]
-        ax.vlines(np.arange(probe.n), low, high, lw=1)
-        ax.set(title=f"{probe.layer.name}: reachable weight per ring", xlabel="ring (row-major)",
-               ylabel="weight", ylim=(-1.05, 1.05))
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    def panel(fig, ax, probe: BankProbe) -> None:
+        name = probe.layer.name
+        ax.vlines(np.arange(probe.n), arrays[f"{name}.reachable_low"], arrays[f"{name}.reachable_high"], lw=1)
+        ax.set(title=f"{name}: reachable weight per ring", xlabel="ring (row-major)", ylabel="weight",
+               ylim=(-1.05, 1.05))
+
+    _per_layer(path, probes, 3.5, panel)

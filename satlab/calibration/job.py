@@ -99,9 +99,12 @@ def run(rig: Rig, system, steps: list[str], options: BankOptions, say=print) -> 
 
 
 def summary_plot(rig_name: str, steps: list[StepResult]):
-    """A one-page summary: every step's cost, problems and headline numbers."""
+    """A one-page summary: every step's cost, headline numbers and problems by reason."""
 
     def plot(path: Path) -> None:
+        import textwrap
+        from collections import Counter
+
         import matplotlib
 
         matplotlib.use("Agg")
@@ -109,14 +112,19 @@ def summary_plot(rig_name: str, steps: list[StepResult]):
 
         lines = [f"calibration of {rig_name}", ""]
         for step in steps:
-            lines.append(f"{step.kind}: {step.queries} rig queries, {step.rig_seconds:.1f} s, "
+            lines.append(f"{step.kind}: {step.queries} rig queries, {step.rig_seconds:.1f} s at the rig, "
                          f"{len(step.problems)} problems")
             for key, value in step.summary.items():
-                lines.append(f"    {key}: {_short(value)}")
-            lines += [f"    ! {p}" for p in step.problems[:5]]
-        fig = plt.figure(figsize=(8.27, max(3.0, 0.18 * len(lines))))
-        fig.text(0.02, 0.98, "\n".join(lines), va="top", family="monospace", fontsize=7)
-        fig.savefig(path, dpi=100)
+                lines += textwrap.wrap(f"{key}: {_short(value)}", 120, initial_indent="    ",
+                                       subsequent_indent="        ")
+            # problems are "what: why"; the same reason for many rings is one line
+            for reason, count in Counter(p.rsplit(": ", 1)[-1] for p in step.problems).most_common():
+                lines += textwrap.wrap(f"! {count} x {reason}", 120, initial_indent="    ",
+                                       subsequent_indent="        ")
+            lines.append("")
+        fig = plt.figure(figsize=(8.27, max(3.0, 0.14 * len(lines) + 0.6)))
+        fig.text(0.02, 0.99, "\n".join(lines), va="top", family="monospace", fontsize=6.5)
+        fig.savefig(path, dpi=110)
         plt.close(fig)
 
     return plot
@@ -127,4 +135,6 @@ def _short(value: object) -> str:
         return ", ".join(f"{k}={_short(v)}" for k, v in value.items())
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
     return str(value)
