@@ -295,3 +295,27 @@ def test_a_power_budget_that_cannot_hold_one_ring_is_refused_before_anything_ope
     assert proc.returncode == 2
     assert "instruments.heaters.limits.max_total_power: 0.1 W cannot hold one ring" in proc.stderr
     assert "rig:" not in proc.stdout  # nothing opened
+
+
+def test_sweeps_that_are_not_one_dip_are_classified_not_fitted():
+    from satlab.calibration.lorentz import lorentz_dip
+    from satlab.calibration.ring_fit import OK, SATURATED, TWO_RESONANCES, fit_dip
+
+    x = np.linspace(0, 0.07, 97)
+    one = lorentz_dip(x, 0.03, 0.0015, 1.9, 1.0)
+    assert fit_dip(x, one, 1e-4).status == OK
+    two = one - 1.9 + lorentz_dip(x, 0.05, 0.0015, 1.9, 1.0)  # a second order in range
+    assert fit_dip(x, two, 1e-4).status == TWO_RESONANCES
+    clipped = np.maximum(one, -0.4)  # a detector whose range ends above the dip's bottom
+    assert fit_dip(x, clipped, 1e-4).status == SATURATED
+    # a coarse ADC repeats its lowest step around a round bottom: still one dip
+    lsb = 2 / 2**7
+    dense = np.linspace(0.027, 0.033, 16)
+    x2 = np.concatenate([x, dense])
+    quantised = np.round(lorentz_dip(x2, 0.03, 0.0015, 1.9, 1.0) / lsb) * lsb
+    fit = fit_dip(x2, quantised, 1e-4)
+    assert fit.status == OK and abs(fit.center - 0.03) < 1e-4
+    # readings dithering across the half level are not a second dip
+    rng = np.random.default_rng(0)
+    noisy = one + rng.normal(0, 0.01, one.shape)
+    assert fit_dip(x, noisy, 0.01).status == OK

@@ -75,11 +75,11 @@ def _chunks(pairs: list[tuple[int, int]], peak: dict[int, float],
         return [pairs]
     out: list[list[tuple[int, int]]] = [[]]
     total = 0.0
-    for v, a in pairs:
-        cost = peak[v] + (peak[a] if all(a != b for _, b in out[-1]) else 0.0)
+    for v, a in pairs:  # at one offset every pair has its own aggressor
+        cost = peak[v] + peak[a]
         if out[-1] and total + cost > 0.9 * budget:
             out.append([])
-            total, cost = 0.0, peak[v] + peak[a]
+            total = 0.0
         out[-1].append((v, a))
         total += cost
     return out

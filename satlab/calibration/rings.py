@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from satlab.calibration.ring_fit import OK, STATUS, TAIL, USABLE, DipFit, failed, fit_dip
+from satlab.calibration.ring_fit import OK, STATUS, TAIL, DipFit, fit_dip
 from satlab.rig import Rig
-from satlab.validation import ConfigError
 
 
 @dataclass(frozen=True)
@@ -231,15 +230,3 @@ def sweep_rings(probe: BankProbe, noise: np.ndarray, tuning: str = "auto", coars
 def sweep_problems(probe: BankProbe, sweep: BankSweep) -> list[str]:
     """One line per ring whose sweep was not fitted as a dip in range."""
     return [f"{probe.name(r)}: {STATUS[f.status]}" for r, f in enumerate(sweep.fits) if f.status != OK]
-
-
-def layers_of(rig: Rig, system, only: list[str] | None = None) -> list:
-    """The MRR layers of a rig's system, ConfigError for any other system."""
-    if rig.spec.system is None or rig.spec.system.type != "mrr_weight_bank":
-        raise ConfigError(rig.path, "system.type", "ring calibration needs an mrr_weight_bank system "
-                          f"(this rig's is {getattr(rig.spec.system, 'type', 'missing')})")
-    return [layer for layer in system.spec.layers if only is None or layer.name in only]
-
-
-__all__ = ["USABLE", "BankProbe", "BankSweep", "Drive", "base_noise", "check_wiring", "failed",
-           "layers_of", "sweep_problems", "sweep_rings"]

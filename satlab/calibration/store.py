@@ -186,20 +186,20 @@ class Calibration:
         now = now or datetime.now(UTC)
         return (now - self.meta.created).total_seconds() / 86400
 
-    def mismatches(self, rig_name: str, identities: dict[str, str], max_age_days: float) -> list[str]:
-        """Why this calibration may not describe the rig as it is now (empty: it does)."""
-        where = self.path / FILE
+    def mismatches(self, rig_name: str, identities: dict[str, str],
+                   max_age_days: float) -> list[tuple[str, str]]:
+        """Why this calibration may not describe the rig as it is now, as (field, what):
+        empty when it does."""
         found = []
         if self.meta.rig != rig_name:
-            found.append(f"{where}: rig: measured on {self.meta.rig!r}, this rig is {rig_name!r}")
+            found.append(("rig", f"measured on {self.meta.rig!r}, this rig is {rig_name!r}"))
         for name, identity in self.meta.instruments.items():
             now = identities.get(name)
             if now is not None and now != identity:
-                found.append(f"{where}: instruments.{name}: measured on {identity!r}, attached now "
-                             f"is {now!r}")
+                found.append((f"instruments.{name}", f"measured on {identity!r}, attached now is {now!r}"))
         age = self.age_days()
         if age > max_age_days:
-            found.append(f"{where}: created: {age:.1f} days old, older than {max_age_days:g} days")
+            found.append(("created", f"{age:.1f} days old, older than {max_age_days:g} days"))
         return found
 
 
@@ -216,9 +216,7 @@ def load_calibration(path: str | Path) -> Calibration:
 def check_calibration(cal: Calibration, rig_name: str, identities: dict[str, str],
                       max_age_days: float, strict: bool, warn: Callable[[str], None]) -> None:
     """Warn about (or, ``strict``, refuse) a calibration of another rig, instrument or age."""
-    found = cal.mismatches(rig_name, identities, max_age_days)
-    if found and strict:
-        first = found[0]
-        raise ConfigError(first.split(": ", 1)[0], "", first.split(": ", 1)[1] + " (--strict)")
-    for line in found:
-        warn(f"warning: {line}")
+    for where, what in cal.mismatches(rig_name, identities, max_age_days):
+        if strict:
+            raise ConfigError(cal.path / FILE, where, what + " (--strict)")
+        warn(f"warning: {ConfigError(cal.path / FILE, where, what)}")

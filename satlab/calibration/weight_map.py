@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from scipy.optimize import lsq_linear
 
+from satlab.calibration.lorentz import lorentz_dip
 from satlab.calibration.ring_fit import USABLE
 from satlab.calibration.store import Calibration
 
@@ -82,8 +83,7 @@ class BankMap:
         t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
         drive = currents if self.tuning == "current" else currents.square() * self.resistance
         effective = drive + drive @ t(self.coupling).T
-        u = (effective - t(self._center)) / t(self._hwhm)
-        w = t(self._baseline) - t(self._depth) / (1 + u.square())
+        w = lorentz_dip(effective, t(self._center), t(self._hwhm), t(self._depth), t(self._baseline))
         return w.reshape(*w.shape[:-1], self.rows, self.cols)
 
     # unusable rings are read as flat at the bank's baseline (no dip, no slope)
@@ -112,9 +112,8 @@ class BankMap:
     def reachable(self) -> tuple[np.ndarray, np.ndarray]:
         """Lowest and highest weight each ring reaches on its rising branch (rings,)."""
         top = self.drive(self.max_current)
-        low_drive = np.clip(self._center, 0, top)
-        curve = lambda d: self._baseline - self._depth / (1 + ((d - self._center) / self._hwhm) ** 2)  # noqa: E731
-        return curve(low_drive), curve(top)
+        shape = (self._center, self._hwhm, self._depth, self._baseline)
+        return lorentz_dip(np.clip(self._center, 0, top), *shape), lorentz_dip(top, *shape)
 
     def currents_for(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Currents (rings,) giving weights (rows, cols), crosstalk compensated, within limits;
