@@ -210,7 +210,13 @@ def load_calibration(path: str | Path) -> Calibration:
         partial = path.name.startswith(".") and ".partial-" in path.name
         raise ConfigError(path, "", "an interrupted calibration, not a complete one" if partial else
                           f"not a calibration folder (no {FILE})")
-    return Calibration(path, load_model(path / FILE, CalibrationMeta))
+    key = (path.resolve(), (path / FILE).stat().st_mtime_ns)
+    if key not in _LOADED:  # a run loads it for the rig file, each layer's twin, each method
+        _LOADED[key] = Calibration(path, load_model(path / FILE, CalibrationMeta))
+    return _LOADED[key]
+
+
+_LOADED: dict[tuple[Path, int], Calibration] = {}
 
 
 def check_calibration(cal: Calibration, rig_name: str, identities: dict[str, str],
