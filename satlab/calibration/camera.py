@@ -573,12 +573,12 @@ def _register(spot_mean: list[np.ndarray], spot_var: list[np.ndarray], flat: np.
     frames = [m / flat for m in spot_mean]
     noise = [np.sqrt(v) / flat for v in spot_var]
     # a first shift from the zero order (the last frame: flat masks), so the search windows
-    # follow a sensor that sits a few pixels off
-    zero = frames[-1]
-    start = np.unravel_index(np.argmax(ndimage.gaussian_filter(intended_light[-1], 1.0)), shape)
-    meant = spot_centroid(intended_light[-1], start)
-    seen = spot_centroid(zero, np.unravel_index(np.argmax(ndimage.gaussian_filter(zero, 1.0)), shape))
-    offset = np.subtract(seen, meant) if meant is not None and seen is not None else np.zeros(2)
+    # follow a sensor that sits a few pixels off: the whole frame against the twin's, since
+    # after the thresholds the zero order is a pattern, not one spot
+    seen, meant = frames[-1] - frames[-1].mean(), intended_light[-1] - intended_light[-1].mean()
+    correlation = np.fft.ifft2(np.fft.fft2(seen) * np.conj(np.fft.fft2(meant))).real
+    peak = np.array(np.unravel_index(np.argmax(correlation), shape))
+    offset = np.where(peak > np.array(shape) // 2, peak - np.array(shape), peak).astype(float)
     radius = min(spacing / 2, 10.0)
     found = np.zeros(classes, dtype=bool)
     centroids = np.zeros((classes, 2))
@@ -630,6 +630,18 @@ def _register(spot_mean: list[np.ndarray], spot_var: list[np.ndarray], flat: np.
         raise RigError(f"camera calibration found {int(found.sum())} of {classes} spots: too few to "
                            "register the camera (is the light path open, the exposure long enough?)")
     first = fit_registration(intended[found], centroids[found], shape)
+    # a spot the others' registration misses by more than a pixel was another peak taken for
+    # it: left out, worst first, while four remain
+    while found.sum() > 3:
+        distance = np.hypot(*first.residuals.T)
+        if distance.max() <= 1.0:
+            break
+        k = int(np.flatnonzero(found)[np.argmax(distance)])
+        found[k] = False
+        if problems is not None:
+            problems.append(f"class {k}: its spot lies {distance.max():.1f} px off the other spots' "
+                            "registration; region placed by the registration")
+        first = fit_registration(intended[found], centroids[found], shape)
     # every other bright peak of the frames (the zero order, mirror images) adds a point
     meant_pts, seen_pts = [intended[found]], [centroids[found]]
     for k, (light, frame) in enumerate(zip(intended_light, frames, strict=True)):
