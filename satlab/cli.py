@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -51,6 +52,8 @@ EVALUATE_EPILOG = """examples:
   satlab evaluate runs/RUN --sweep fabrication_std_nm=0:0.1:5 --draws 10
   satlab evaluate runs/RUN --sweep drift_K=0:1:5 --sweep crosstalk_scale=0.5,1,2
   satlab evaluate runs/RUN --sweep drift_K=0:2:5 --bn batch
+  satlab evaluate runs/D2NN --sweep mask_rotation_deg=0:1:11 --subset 200
+  satlab evaluate runs/S0 runs/S1 runs/S2 --sweep rotation_deg=0:2:5 --sweep shift_px=0:2:5
 """
 
 
@@ -213,70 +216,154 @@ def _imperfections(cfg: RunConfig) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from satlab.sweeps import Sweep, draws_note, format_table, imperfection_table, parse_axes
+    from dataclasses import replace
 
-    target = Path(args.run_dir)
-    root, cfg = _evaluated_run(target)
+    from satlab.report import method_runs
+    from satlab.sweeps import Sweep, across_seeds, draws_note, format_table, imperfection_table, parse_axes
+
+    targets = [Path(p) for p in args.run_dir]
+    evaluated = [_evaluated_run(t) for t in targets]
+    root, cfg = evaluated[0]
     imperfections = _imperfections(cfg)
     if args.list_imperfections:
         print(imperfection_table(imperfections))
         return 0
-    from satlab import checkpoint
-
     prepare_for_training()
-    # every option is checked before data loads or the rig opens
+    # every option is checked before data loads or a rig opens
     axes = parse_axes(args.sweep, args.drift, cfg.evaluation.drift, imperfections)
-    runs = [r for r in ([target] if root != target else [root / m for m in cfg.training.methods])
-            if checkpoint.exists(r / "checkpoint.pt")]
-    if not runs:
-        raise ConfigError(target, "", "no trained method with a checkpoint.pt found")
-    # read back before the rig opens: a corrupt file stops here
-    states = {run: checkpoint.load_latest(run / "checkpoint.pt", ("model", "done"))[0] for run in runs}
-
-    from satlab.evaluation import imperfection_sweep
-    from satlab.report import method_runs, plot_sweep
-    from satlab.sweeps import write_files
-    from satlab.training import build_trainee, drift_results
-
+    if len(targets) > 1:
+        _same_but_seed(targets, evaluated)
+    out_dir = Path(args.out) if args.out else Path(os.path.commonpath([r.resolve() for r, _ in evaluated]))
+    states = [_trained_states(t, r, c) for t, (r, c) in zip(targets, evaluated, strict=True)]
+    trained = [sorted(run.name for run in s) for s in states]
+    for target, methods in zip(targets[1:], trained[1:]):
+        if methods != trained[0]:
+            raise ConfigError(target, "", f"has trained {', '.join(methods)}; {targets[0]} has "
+                              f"{', '.join(trained[0])}: seeds need the same methods")
     data = _data(cfg, root / "config.yaml")
+    if args.subset and args.subset > len(data.test_y):
+        raise ConfigError(root / "config.yaml", "data", f"--subset {args.subset} asks for more than its "
+                          f"{len(data.test_y)} test images")
     sweep = Sweep(axes, args.draws, args.bn, len(data.test_y), cfg.evaluation.batch_size,
                   cfg.model.has_batchnorm)
     if note := draws_note(sweep, imperfections):
         print(note, file=sys.stderr)
-    results, written = [], []
+    sweeps = [sweep] + ([replace(sweep, first=args.subset, test_images=args.subset)] if args.subset else [])
+    per_seed: dict[str, dict[str, list[list[dict]]]] = {s.stem: {} for s in sweeps}
+    names: dict[str, tuple[str, str]] = {}
+    for (run_root, run_cfg), run_states in zip(evaluated, states, strict=True):
+        results, run_names = _evaluate_run(run_root, run_cfg, run_states, data, sweeps, imperfections, args)
+        names.update(run_names)
+        for stem, labelled in results.items():
+            for label, rows in labelled:
+                per_seed[stem].setdefault(label, []).append(rows)
+        if len(targets) == 1 and sweep.is_drift_evaluation and method_runs([run_root]):
+            _report(run_root)
+    if len(targets) == 1:
+        return 0
+    from satlab.sweeps import write_files
+
+    for scored in sweeps:
+        seeds = replace(scored, seeds=len(targets))
+        by_method: dict[tuple[str, str], list[list[dict]]] = {}
+        for label, runs in per_seed[scored.stem].items():  # a partial run's label differs: by method
+            by_method.setdefault(names[label], []).extend(runs)
+        results = [(f"{method} ({estimator}), {len(targets)} seeds", across_seeds(runs))
+                   for (method, estimator), runs in by_method.items()]
+        print(format_table(seeds, results))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = [path for ((method, estimator), _), (_, rows) in zip(by_method.items(), results, strict=True)
+                   for path in write_files(out_dir, seeds, rows, method, estimator, imperfections,
+                                           stem=f"{seeds.stem}-{method}")]
+        written += _plot(out_dir, seeds, results)
+        print("\n".join(f"wrote {path}" for path in written))
+    return 0
+
+
+def _same_but_seed(targets: list[Path], evaluated: list[tuple[Path, RunConfig]]) -> None:
+    """Runs evaluated together as seeds must differ in their seed (and name) only."""
+    def comparable(cfg: RunConfig) -> dict:  # each run keeps its own copy of the rig file
+        return {**cfg.model_dump(exclude={"name": True, "rig": True, "runs_dir": True, "training": {"seed"}}),
+                "rig": load_rig_file(cfg.rig).model_dump(exclude={"name"})}
+
+    first = comparable(evaluated[0][1])
+    seeds = set()
+    for target, (_, cfg) in zip(targets, evaluated, strict=True):
+        dump = comparable(cfg)
+        differ = [k for k in first if first[k] != dump[k]]
+        if differ:
+            raise ConfigError(target, differ[0], f"differs from {targets[0]}: runs evaluated together "
+                              "must be seeds of one config (same rig, data, model and training but the seed)")
+        if cfg.training.seed in seeds:
+            raise ConfigError(target, "training.seed", f"seed {cfg.training.seed} is given twice")
+        seeds.add(cfg.training.seed)
+
+
+def _trained_states(target: Path, root: Path, cfg: RunConfig) -> dict[Path, dict]:
+    """Each trained method's checkpoint state, read back before any rig opens (a corrupt file stops here)."""
+    from satlab import checkpoint
+
+    runs = [r for r in ([target] if root != target else [root / m for m in cfg.training.methods])
+            if checkpoint.exists(r / "checkpoint.pt")]
+    if not runs:
+        raise ConfigError(target, "", "no trained method with a checkpoint.pt found")
+    return {run: checkpoint.load_latest(run / "checkpoint.pt", ("model", "done"))[0] for run in runs}
+
+
+def _evaluate_run(root: Path, cfg: RunConfig, states: dict[Path, dict], data, sweeps: list,
+                    imperfections: dict, args: argparse.Namespace
+                  ) -> tuple[dict[str, list[tuple[str, list[dict]]]], dict[str, tuple[str, str]]]:
+    """Every trained method of one run swept on its rig, once per sweep (the full test set, and
+    its first images with --subset); writes the method's files and the run's plots. Returns
+    the (label, rows) of each sweep by stem, and each label's (method, estimator)."""
+    from satlab import checkpoint
+    from satlab.evaluation import imperfection_sweep
+    from satlab.sweeps import format_table, write_files
+    from satlab.training import build_trainee, drift_results
+
+    results: dict[str, list[tuple[str, list[dict]]]] = {s.stem: [] for s in sweeps}
+    names: dict[str, tuple[str, str]] = {}
+    written: list[Path] = []
     with Rig.from_file(cfg.rig) as rig:
-        for run in runs:
+        for run, state in states.items():
             method = run.name
             tr = build_trainee(cfg, rig, method)
-            state = states[run]
             try:
                 tr.model.load_state_dict(state["model"])
             except (RuntimeError, KeyError, TypeError) as exc:
                 raise checkpoint.misfit(run / "checkpoint.pt", exc) from None
-            rows = imperfection_sweep(tr.model, rig, data.test_x, data.test_y, sweep.grid,
-                                      sweep.draws, sweep.bn, sweep.batch_size,
-                                      progress=not args.quiet)
             # an unfinished method is evaluated as it stands, labelled, and not marked done
             partial = "" if state["done"] else f", partial: epoch {state.get('epoch')} step {state.get('step')}"
-            results.append((f"{method} ({tr.estimator.name}{partial})", rows))
-            written += write_files(run, sweep, rows, method, tr.estimator.name, imperfections)
+            for sweep in sweeps:
+                n = sweep.first or len(data.test_y)
+                rows = imperfection_sweep(tr.model, rig, data.test_x[:n], data.test_y[:n], sweep.grid,
+                                          sweep.draws, sweep.bn, sweep.batch_size, progress=not args.quiet)
+                label = f"{method} ({tr.estimator.name}{partial})"
+                results[sweep.stem].append((label, rows))
+                names[label] = (method, tr.estimator.name)
+                written += write_files(run, sweep, rows, method, tr.estimator.name, imperfections)
             if partial:
                 print(f"{method} has not finished training: this is a partial evaluation, "
                       "and its summary.json is left as it was", file=sys.stderr)
-            elif sweep.is_drift_evaluation:  # what training recorded: keep summary.json current
+            elif sweeps[0].is_drift_evaluation:  # what training recorded: keep summary.json current
                 _update_summary(run, method, tr.estimator.name, sum(state.get("rig_queries", [])),
-                                drift_results(cfg, tr, rig, data, rows))
-    print(format_table(sweep, results))
-    plot = root / f"{sweep.stem}.png"
-    if plot_sweep(sweep, results, plot):
-        written.append(plot)
-    else:
-        print(f"no plot for a {len(axes)}-D sweep (plots cover 1-D and 2-D); the data is in the "
-              "files below")
+                                drift_results(cfg, tr, rig, data, results[sweeps[0].stem][-1][1]))
+    for sweep in sweeps:
+        print(format_table(sweep, results[sweep.stem]))
+        written += _plot(root, sweep, results[sweep.stem])
     print("\n".join(f"wrote {path}" for path in written))
-    if sweep.is_drift_evaluation and method_runs([root]):
-        _report(root)
-    return 0
+    return results, names
+
+
+def _plot(folder: Path, sweep, results: list[tuple[str, list[dict]]]) -> list[Path]:
+    """The sweep's plot in ``folder`` (1-D and 2-D sweeps), as a list of what was written."""
+    from satlab.report import plot_sweep
+
+    plot = folder / f"{sweep.stem}.png"
+    if plot_sweep(sweep, results, plot):
+        return [plot]
+    print(f"no plot for a {len(sweep.axes)}-D sweep (plots cover 1-D and 2-D); the data is in the files")
+    return []
 
 
 def _update_summary(run: Path, method: str, estimator: str, rig_queries: int,
@@ -480,7 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "folder and a .png plot\n(1-D and 2-D sweeps) in the run folder. A drift-only "
                     "sweep with one draw and eval-mode\nBatchNorm also updates summary.json and "
                     "the report.")
-    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("run_dir", metavar="RUN_DIR", nargs="+",
+                   help="a run (or one method of it); several runs of one config with different "
+                        "seeds: each is evaluated, then every point's mean ± std over the seeds is "
+                        "tabulated, plotted and written to --out")
     e.add_argument("--sweep", action="append", metavar="NAME=GRID",
                    help="sweep an imperfection of the rig's system; GRID is start:stop:count "
                         "(inclusive) or a,b,c; repeat for a grid (2 sweeps: 2-D)")
@@ -493,6 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BatchNorm: eval = running statistics, as deployed (default); batch = "
                         "each test batch's own statistics, only to compare with published "
                         "protocols (files and plots are labelled bn-batch)")
+    e.add_argument("--subset", type=_positive_int, metavar="N",
+                   help="also score every point on the first N test images only (the SAT paper's "
+                        "D2NN sweep scored one batch of 200), beside the full test set")
+    e.add_argument("--out", metavar="DIR", help="where the seeds' files and plots go (default: the "
+                   "runs' common parent folder)")
     e.add_argument("--list-imperfections", action="store_true",
                    help="list the imperfections of the run's rig with unit, default and "
                         "description, and exit (opens no rig)")

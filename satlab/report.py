@@ -153,9 +153,9 @@ def plot_sweep(sweep: Sweep, results: list[tuple[str, list[dict]]], out: Path) -
     """
     if len(sweep.axes) > 2 or not results:
         return False
-    title = f"{sweep.bn_title}\nfull test set ({sweep.test_images} images)"
-    if sweep.draws > 1:
-        title += f", mean of {sweep.draws} draws" + (
+    title = f"{sweep.bn_title}\n{sweep.scored_on}"
+    if sweep.spread:
+        title += f", {sweep.spread_note()}" + (
             ", band: ± std" if len(sweep.axes) == 1 else
             ", cells: mean ± std" if sweep.points <= _ANNOTATE_STD else "")
     if len(sweep.axes) == 1:
@@ -175,7 +175,7 @@ def _plot_sweep_1d(sweep: Sweep, results: list[tuple[str, list[dict]]], title: s
         x = np.array([r[axis.name] for r in rows])
         mean = np.array([100 * r["accuracy"] for r in rows])
         line, = ax.plot(x, mean, "o-", label=label)
-        if sweep.draws > 1:
+        if sweep.spread:
             std = np.array([100 * r["std"] for r in rows])
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set(xlabel=axis.label, ylabel="test accuracy (%)", ylim=(0, 100),
@@ -208,7 +208,7 @@ def _plot_sweep_2d(sweep: Sweep, results: list[tuple[str, list[dict]]], title: s
             for i in range(nx):
                 for j in range(ny):
                     text = f"{mean[j, i]:.0f}" + (f"\n±{std[j, i]:.0f}"
-                                                  if sweep.draws > 1 and nx * ny <= _ANNOTATE_STD
+                                                  if sweep.spread and nx * ny <= _ANNOTATE_STD
                                                   else "")
                     ax.text(i, j, text, ha="center", va="center", fontsize=8,
                             color="black" if mean[j, i] > 60 else "white")

@@ -1,7 +1,8 @@
 """Imperfection sweeps of a trained run: the ``--sweep`` grid, its result files and table.
 
 A sweep is a grid over one or more named imperfections of the rig's system
-(``System.imperfections``); every grid point is scored on the full test set,
+(``System.imperfections``); every grid point is scored on the full test set (or,
+to compare with the SAT paper's D2NN protocol, on its first batch as well),
 ``draws`` times (draw k: the k-th realisation of random imperfections). The
 plot is :func:`satlab.report.plot_sweep`.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +56,8 @@ class Sweep:
     test_images: int
     batch_size: int
     batchnorm: bool = True  # whether the network has BatchNorm layers at all
+    first: int | None = None  # scored on the first ``first`` test images only (one batch)
+    seeds: int = 1  # runs (seeds) each point's mean and spread are taken over
 
     @property
     def grid(self) -> list[tuple[str, list[float]]]:
@@ -63,7 +67,27 @@ class Sweep:
     @property
     def stem(self) -> str:
         """File name without extension: ``sweep-drift_K+crosstalk_scale[-bn-batch]``."""
-        return "sweep-" + "+".join(a.name for a in self.axes) + ("-bn-batch" if self.bn == "batch" else "")
+        return ("seeds-" if self.seeds > 1 else "") + "sweep-" + "+".join(a.name for a in self.axes) + (
+            "-bn-batch" if self.bn == "batch" else "") + (f"-first{self.first}" if self.first else "")
+
+    @property
+    def spread(self) -> bool:
+        """Whether each point has a spread (several draws or seeds)."""
+        return self.draws > 1 or self.seeds > 1
+
+    @property
+    def scored_on(self) -> str:
+        """Which test images score each point."""
+        if self.first:
+            return f"first {self.first} test images (one batch, as the SAT paper's D2NN sweep scored)"
+        return f"full test set ({self.test_images} images)"
+
+    def spread_note(self) -> str:
+        """What a point's ± is: the draws' or the seeds' standard deviation."""
+        if self.seeds > 1:
+            return f"mean ± std over {self.seeds} seeds" + (f" (each the mean of {self.draws} draws)"
+                                                             if self.draws > 1 else "")
+        return f"{self.draws} draws per point (mean ± std)" if self.draws > 1 else "1 draw per point"
 
     @property
     def is_drift_evaluation(self) -> bool:
@@ -89,10 +113,8 @@ class Sweep:
 
     def describe(self) -> str:
         """One line: the grid, test images, draws and BN mode."""
-        draws = f"{self.draws} draw{'s' if self.draws > 1 else ''} per point (mean ± std)" \
-            if self.draws > 1 else "1 draw per point"
-        return (f"{' x '.join(a.name for a in self.axes)}: {self.points} points, full test set "
-                f"({self.test_images} images), {draws}, {self.bn_label}")
+        return (f"{' x '.join(a.name for a in self.axes)}: {self.points} points, {self.scored_on}, "
+                f"{self.spread_note()}, {self.bn_label}")
 
     @property
     def points(self) -> int:
@@ -164,15 +186,18 @@ def draws_note(sweep: Sweep, imperfections: dict[str, Imperfection]) -> str | No
 
 
 def write_files(folder: Path, sweep: Sweep, rows: list[dict], method: str, estimator: str,
-                imperfections: dict[str, Imperfection]) -> list[Path]:
-    """``<stem>.csv`` (one row per grid point) and ``<stem>.json`` (axes, settings, rows) in folder."""
+                imperfections: dict[str, Imperfection], stem: str | None = None) -> list[Path]:
+    """``<stem>.csv`` (one row per grid point) and ``<stem>.json`` (axes, settings, rows) in
+    folder; the stem is the sweep's unless given."""
     names = [a.name for a in sweep.axes]
-    csv_path, json_path = folder / f"{sweep.stem}.csv", folder / f"{sweep.stem}.json"
+    stem = stem or sweep.stem
+    csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
     with open(csv_path, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow([*names, "accuracy", "std", "draws"])
+        out.writerow([*names, "accuracy", "std", "min", "seeds" if sweep.seeds > 1 else "draws"])
         for row in rows:
-            out.writerow([*(row[n] for n in names), row["accuracy"], row["std"], len(row["draws"])])
+            out.writerow([*(row[n] for n in names), row["accuracy"], row["std"], min(row["draws"]),
+                          len(row["draws"])])
     record = {
         "method": method,
         "estimator": estimator,
@@ -182,11 +207,14 @@ def write_files(folder: Path, sweep: Sweep, rows: list[dict], method: str, estim
         "bn": sweep.bn,
         "bn_note": sweep.bn_label,
         "draws": sweep.draws,
+        "seeds": sweep.seeds,
         "test_images": sweep.test_images,
+        "scored_on": sweep.scored_on,
         "batch_size": sweep.batch_size,
         "accuracy": "fraction of the test images classified correctly",
         "rows": [{**{n: row[n] for n in names}, "accuracy": row["accuracy"], "std": row["std"],
-                  "draw_accuracies": row["draws"]} for row in rows],
+                  ("seed_accuracies" if sweep.seeds > 1 else "draw_accuracies"): row["draws"]}
+                 for row in rows],
     }
     json_path.write_text(strict_json.dumps(record))
     return [csv_path, json_path]
@@ -195,7 +223,7 @@ def write_files(folder: Path, sweep: Sweep, rows: list[dict], method: str, estim
 def format_table(sweep: Sweep, results: list[tuple[str, list[dict]]]) -> str:
     """The imperfection columns, then one accuracy column per method (label, rows)."""
     def cell(row: dict) -> str:
-        if sweep.draws > 1:
+        if sweep.spread:
             return f"{100 * row['accuracy']:.1f} ± {100 * row['std']:.1f}%"
         return f"{100 * row['accuracy']:.1f}%"
 
@@ -207,3 +235,15 @@ def format_table(sweep: Sweep, results: list[tuple[str, list[dict]]]) -> str:
     lines = [f"imperfection sweep, {sweep.describe()}"]
     lines += ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [header, *body]]
     return "\n".join(lines)
+
+
+def across_seeds(per_seed: list[list[dict]]) -> list[dict]:
+    """One method's sweep rows from several seeds' runs: per point, the mean and standard
+    deviation (n − 1) of the seeds' accuracies, which are kept under ``draws``."""
+    rows = []
+    for points in zip(*per_seed, strict=True):
+        scores = [p["accuracy"] for p in points]
+        names = {k: v for k, v in points[0].items() if k not in ("accuracy", "std", "draws")}
+        rows.append({**names, "accuracy": statistics.fmean(scores),
+                     "std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "draws": scores})
+    return rows

@@ -49,7 +49,7 @@ def test_2d_grid_writes_one_row_per_point_and_a_heat_map(run):
     assert result.returncode == 0, result.stderr
     stem = "sweep-drift_K+crosstalk_scale"
     rows = read_csv(run / "sat" / f"{stem}.csv")
-    assert list(rows[0]) == ["drift_K", "crosstalk_scale", "accuracy", "std", "draws"]
+    assert list(rows[0]) == ["drift_K", "crosstalk_scale", "accuracy", "std", "min", "draws"]
     assert [(float(r["drift_K"]), float(r["crosstalk_scale"])) for r in rows] == [
         (d, c) for d in (0.0, 0.5, 1.0) for c in (0.5, 1.0)]
     record = json.loads((run / "sat" / f"{stem}.json").read_text())
@@ -176,3 +176,55 @@ def test_drift_option_still_updates_summary_and_report(run):
         (p["drift_K"], p["accuracy"]) for p in sweep]
     assert report.read_bytes()[:8] == PNG
     assert "dT=0.5" in result.stdout and f"report: {report}" in result.stdout
+
+
+def test_subset_scores_the_first_images_beside_the_full_set(run):
+    result = satlab("evaluate", run, "--sweep", "drift_K=0,1", "--subset", 20, "--quiet")
+    assert result.returncode == 0, result.stderr
+    full = json.loads((run / "sat" / "sweep-drift_K.json").read_text())
+    first = json.loads((run / "sat" / "sweep-drift_K-first20.json").read_text())
+    assert full["test_images"] == 50 and first["test_images"] == 20
+    assert "first 20 test images" in first["scored_on"] and "full test set" in full["scored_on"]
+    # 20 images score in steps of 5 %; the same model, so the subset's count bounds the full one's
+    for f, s in zip(full["rows"], first["rows"], strict=True):
+        assert round(s["accuracy"] * 20, 9) == int(round(s["accuracy"] * 20))
+        wrong_in_first = round((1 - s["accuracy"]) * 20)
+        assert round((1 - f["accuracy"]) * 50) >= wrong_in_first
+    assert "first 20 test images" in result.stdout and "full test set (50 images)" in result.stdout
+    assert (run / "sweep-drift_K-first20.png").read_bytes().startswith(PNG)
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    """The tiny config trained with seeds 0 and 1 (plain, to be quick)."""
+    tmp = tmp_path_factory.mktemp("seeds")
+    runs = []
+    for seed in (0, 1):
+        cfg = write_yaml(tmp / f"tiny{seed}.yaml", tiny_config(TWO_LAYER_RIG, methods=["plain"], seed=seed))
+        result = satlab("train", cfg, "--run-dir", tmp / f"s{seed}", "--quiet")
+        assert result.returncode == 0, result.stderr
+        runs.append(tmp / f"s{seed}")
+    return runs
+
+
+def test_seeds_give_each_point_the_mean_and_spread_of_the_runs(seeds, tmp_path):
+    result = satlab("evaluate", *seeds, "--sweep", "drift_K=0:2:3", "--out", tmp_path, "--quiet")
+    assert result.returncode == 0, result.stderr
+    own = [read_csv(run / "plain" / "sweep-drift_K.csv") for run in seeds]
+    merged = read_csv(tmp_path / "seeds-sweep-drift_K-plain.csv")
+    assert list(merged[0]) == ["drift_K", "accuracy", "std", "min", "seeds"]
+    for i, row in enumerate(merged):
+        scores = [float(rows[i]["accuracy"]) for rows in own]
+        assert float(row["accuracy"]) == pytest.approx(statistics.fmean(scores))
+        assert float(row["std"]) == pytest.approx(statistics.stdev(scores))
+        assert float(row["min"]) == min(scores) and row["seeds"] == "2"
+    assert "mean ± std over 2 seeds" in result.stdout
+    assert (tmp_path / "seeds-sweep-drift_K.png").read_bytes().startswith(PNG)
+
+
+def test_runs_that_are_not_seeds_of_one_config_are_refused_before_any_rig_opens(seeds, run, tmp_path):
+    result = satlab("evaluate", seeds[0], run, "--sweep", "drift_K=0,1", "--quiet")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert str(run) in result.stderr and "seeds of one config" in result.stderr
+    result = satlab("evaluate", seeds[0], seeds[0], "--sweep", "drift_K=0,1", "--quiet")
+    assert result.returncode == 2 and "seed 0 is given twice" in result.stderr
