@@ -10,7 +10,9 @@ that picture about its centre, against the fanned-out input image: a tile's plac
 shows parts of its neighbours, and light leaving the picture is lost.
 
 The bench evaluates ``IncoherentModel`` with its imperfections, the twin the same model
-without, read through the same camera: without noise they agree bit for bit.
+without, read through the same camera: without noise they agree bit for bit. The preset
+``paper_system4`` swaps in the SAT paper's own geometry (``tile_frames``: signed weights
+and inputs, frames of tiles, nearest-neighbour misalignment) behind the same instruments.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from satlab.simulators import optics
 from satlab.simulators.alignment import AlignmentAxes
 from satlab.simulators.seeded_noise import SeededNoise
+from satlab.simulators.tile_frames import TileFrameModel
 
 from satlab.camera_readout import referenced_signals, shown_as_transmissions
 from satlab.instruments import Camera, InputModulator, Roi
@@ -34,9 +37,16 @@ if TYPE_CHECKING:
 # The free-space system's named imperfections (also the bench's alignment axes), their units
 NAMED = {"rotation_deg": "deg", "shift_px": "px", "scale": "x"}
 
+# physical: intensities through transmissions, a reference tile (IncoherentModel);
+# paper_system4: the SAT paper's arithmetic (TileFrameModel) read by an ideal camera whose
+# black level (half its range) carries the sign
+PRESETS = ("physical", "paper_system4")
+PAPER_CAMERA = {"electrons_per_unit": 1000.0, "full_well_e": 2.0**31, "bit_depth": 31,
+                "black_level_e": 2.0**30}
+
 
 class IncoherentModel:
-    """Tile sums of one layer: inputs (B, side²), weights (out, side²) in [-1, 1].
+    """Tile sums of one layer: inputs (B, side²), transmissions (out + 1, side²) in [0, 1].
 
     The display shows the tiles (the outputs' and the reference) as one picture on a grid
     ``grid`` tiles wide: the reference in the middle, the outputs row by row around it. A
@@ -46,6 +56,8 @@ class IncoherentModel:
     reference: at a corner, a rotation one way or a shrinking picture would take it off
     the picture, and no weights could make up for that.
     """
+
+    reference = True  # the last tile: a reference at 1/2
 
     def __init__(self, side: int, outputs: int) -> None:
         self.side, self.outputs = side, outputs
@@ -88,27 +100,66 @@ class IncoherentModel:
 
 
 class IncoherentCameraModel:
-    """One camera pixel per tile: electrons per unit of light, full well, ADC, read noise."""
+    """One camera pixel per tile: electrons per unit of light, full well, ADC, read noise, and
+    a black level (electrons added to every pixel, so a signed sum stays readable)."""
 
     def __init__(self, electrons_per_unit: float = 50.0, full_well_e: float = 40_000.0,
-                 bit_depth: int = 16, read_noise_e: float = 0.0) -> None:
+                 bit_depth: int = 16, read_noise_e: float = 0.0, black_level_e: float = 0.0) -> None:
         self.electrons_per_unit, self.full_well_e = electrons_per_unit, full_well_e
-        self.bit_depth, self.read_noise_e = bit_depth, read_noise_e
+        self.bit_depth, self.read_noise_e, self.black_level_e = bit_depth, read_noise_e, black_level_e
 
     def counts(self, sums: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Counts (B, 1, tiles) of the tile sums (B, tiles)."""
-        return optics.camera_counts(sums[:, None, :], 1, self.electrons_per_unit, self.full_well_e,
+        light = sums[:, None, :] + self.black_level_e / self.electrons_per_unit
+        return optics.camera_counts(light, 1, self.electrons_per_unit, self.full_well_e,
                                     self.bit_depth, self.read_noise_e,
                                     generator if self.read_noise_e > 0 else None)
 
+    def sums(self, counts: torch.Tensor) -> torch.Tensor:
+        """The tile sums counts stand for, the black level taken off."""
+        electrons = counts * (self.full_well_e / (2**self.bit_depth - 1))
+        return (electrons - self.black_level_e) / self.electrons_per_unit
 
-def _check(side: int, outputs: int, camera: dict) -> None:
+
+def _check(side: int, outputs: int, camera: dict, preset: str = "physical",
+           input_normalisation: list[float] | None = None) -> None:
     require_count("side", side, 2, highest=256)
     require_count("outputs", outputs, 1, highest=4096)
+    if preset not in PRESETS:
+        raise OptionError("preset", f"expected one of {', '.join(PRESETS)}, got {preset!r}")
+    if preset == "paper_system4" and side > 30:
+        raise OptionError("side", f"paper_system4's tiles hold up to 30x30 weights, got {side}")
+    if input_normalisation is not None:
+        if preset != "paper_system4":
+            raise OptionError("input_normalisation", "signed inputs need preset paper_system4: light "
+                              "is never negative")
+        if not (isinstance(input_normalisation, (list, tuple)) and len(input_normalisation) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                        for v in input_normalisation) and input_normalisation[1] > 0):
+            raise OptionError("input_normalisation", f"expected [mean, std > 0], got {input_normalisation!r}")
     try:
         IncoherentCameraModel(**camera)
     except TypeError as exc:
         raise OptionError("camera", str(exc)) from None
+
+
+def _model(side: int, outputs: int, preset: str, input_normalisation: list[float] | None
+           ) -> IncoherentModel | TileFrameModel:
+    if preset == "paper_system4":
+        return TileFrameModel(side, outputs, *(input_normalisation or (0.0, 1.0)))
+    return IncoherentModel(side, outputs)
+
+
+def _camera(preset: str, camera: dict | None) -> IncoherentCameraModel:
+    return IncoherentCameraModel(**{**(PAPER_CAMERA if preset == "paper_system4" else {}), **(camera or {})})
+
+
+def _misaligned_axes(misaligns: bool | list[str]) -> tuple[str, ...]:
+    if isinstance(misaligns, bool):
+        return tuple(NAMED) if misaligns else ()
+    if not (isinstance(misaligns, list) and all(isinstance(a, str) and a in NAMED for a in misaligns)):
+        raise OptionError("misaligns", f"expected true, false or a list of {', '.join(NAMED)}; got {misaligns!r}")
+    return tuple(misaligns)
 
 
 class IncoherentBench(SeededNoise, AlignmentAxes):
@@ -119,21 +170,26 @@ class IncoherentBench(SeededNoise, AlignmentAxes):
 
     @staticmethod
     def check_options(side: int = 28, outputs: int = 144, camera: dict | None = None,
-                      noise_seed: int = 0, misaligns: bool = True) -> None:
+                      noise_seed: int = 0, misaligns: bool | list[str] = True, preset: str = "physical",
+                      input_normalisation: list[float] | None = None) -> None:
         """Validate rig-file options without building a bench."""
-        _check(side, outputs, camera or {})
+        _check(side, outputs, camera or {}, preset, input_normalisation)
         SeededNoise.check_noise_seed(noise_seed)
-        if not isinstance(misaligns, bool):
-            raise OptionError("misaligns", f"expected true or false, got {misaligns!r}")
+        _misaligned_axes(misaligns)
 
     def __init__(self, side: int = 28, outputs: int = 144, camera: dict | None = None,
-                 noise_seed: int = 0, misaligns: bool = True) -> None:
+                 noise_seed: int = 0, misaligns: bool | list[str] = True, preset: str = "physical",
+                 input_normalisation: list[float] | None = None) -> None:
         """``misaligns``: whether this layer's display takes the rig's misalignment
-        imperfections (a study may misalign one layer and keep the others aligned)."""
-        self.check_options(side, outputs, camera, noise_seed, misaligns)
-        self.misaligns = misaligns
-        self.model, self.camera = IncoherentModel(side, outputs), IncoherentCameraModel(**(camera or {}))
-        self.transmission = torch.full((outputs + 1, side * side), 0.5, dtype=torch.float64)
+        imperfections, or which of them (a study may misalign one layer and keep the others
+        aligned; the SAT paper misaligns its second layer by scale only). ``preset``:
+        ``physical`` or ``paper_system4``, whose inputs are normalised by
+        ``input_normalisation`` [mean, std]."""
+        self.check_options(side, outputs, camera, noise_seed, misaligns, preset, input_normalisation)
+        self.misaligns = _misaligned_axes(misaligns)
+        self.model, self.camera = _model(side, outputs, preset, input_normalisation), _camera(preset, camera)
+        tiles = outputs + self.model.reference
+        self.transmission = torch.full((tiles, side * side), 0.5, dtype=torch.float64)
         self.inputs = torch.zeros(1, side * side, dtype=torch.float64)
         self.seed_noise(noise_seed)
         self.reset_imperfections()
@@ -156,7 +212,7 @@ class IncoherentBench(SeededNoise, AlignmentAxes):
         """Misalign the weight display (names: the free-space system's imperfections)."""
         if name not in NAMED:
             raise KeyError(f"the incoherent bench has no imperfection {name!r}")
-        if self.misaligns:
+        if name in self.misaligns:
             # kept as offsets from the aligned bench, like the stages' positions
             self.imperfections[name] = float(value) - 1.0 if name == "scale" else float(value)
 
@@ -172,10 +228,11 @@ class IncoherentTwin(torch.nn.Module):
     check_options = staticmethod(IncoherentBench.check_options)
 
     def __init__(self, side: int = 28, outputs: int = 144, camera: dict | None = None,
-                 noise_seed: int = 0, misaligns: bool = True) -> None:
+                 noise_seed: int = 0, misaligns: bool | list[str] = True, preset: str = "physical",
+                 input_normalisation: list[float] | None = None) -> None:
         super().__init__()
-        _check(side, outputs, camera or {})
-        self.model, self.camera = IncoherentModel(side, outputs), IncoherentCameraModel(**(camera or {}))
+        _check(side, outputs, camera or {}, preset, input_normalisation)
+        self.model, self.camera = _model(side, outputs, preset, input_normalisation), _camera(preset, camera)
         # the display's own misalignment, measured by a registration (None: aligned, a preset)
         self.misalignment: dict[str, float] | None = None
 
@@ -209,9 +266,18 @@ class IncoherentTwin(torch.nn.Module):
             # as on the bench: along each axis the display's own misalignment plus its knob
             knobs = alignment or {}
             alignment = {axis: v + knobs.get(axis, 0.0) for axis, v in self.misalignment.items()}
-        shown = shown_as_transmissions(weights.reshape(self.model.outputs, -1))
-        counts = self.camera.counts(self.model.tile_sums(x.double(), shown, alignment))
-        return referenced_signals(counts[:, 0])
+        counts = self.camera.counts(self.model.tile_sums(x.double(), self.show(weights), alignment))
+        return self.readout(counts[:, 0])
+
+    def show(self, weights: torch.Tensor) -> torch.Tensor:
+        """What the weight display shows for weights (out, in) in [-1, 1]: levels in [0, 1]."""
+        weights = weights.reshape(self.model.outputs, -1)
+        return shown_as_transmissions(weights) if self.model.reference else (weights + 1) / 2
+
+    def readout(self, signal: torch.Tensor) -> torch.Tensor:
+        """The layer's outputs from the camera's pixels (B, tiles): against the reference tile,
+        or, without one, the sums the counts stand for."""
+        return referenced_signals(signal) if self.model.reference else self.camera.sums(signal)
 
 
 class WeightDisplay(InputModulator):
@@ -226,7 +292,8 @@ class WeightDisplay(InputModulator):
     def identify(self) -> str:
         """Name and size."""
         m = self.bench.model
-        return f"simulated weight display, {m.outputs} + 1 tiles of {m.side}x{m.side}"
+        tiles = f"{m.outputs} + 1 tiles" if m.reference else f"{m.outputs} signed tiles in frames"
+        return f"simulated weight display, {tiles} of {m.side}x{m.side}"
 
     def load(self, values: np.ndarray) -> None:
         """Show one picture (1, tiles·side²) of transmissions."""
@@ -241,7 +308,7 @@ class TileCamera(Camera):
 
     def __init__(self, resource: IncoherentBench) -> None:
         self.bench = resource
-        self.shape = (1, resource.model.outputs + 1)
+        self.shape = (1, resource.model.outputs + resource.model.reference)
         self.roi, self.pixel_pitch_m = Roi(0, 0, *self.shape), math.nan
         self.bit_depth = resource.camera.bit_depth
 

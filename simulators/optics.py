@@ -128,10 +128,10 @@ def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def affine_resample(image: torch.Tensor, rotation_rad: float = 0.0, shift_px: tuple[float, float] = (0.0, 0.0),
-                    scale: float = 1.0) -> torch.Tensor:
+                    scale: float = 1.0, mode: str = "bilinear") -> torch.Tensor:
     """``image`` (..., H, W) rotated about its centre (positive: anticlockwise as displayed,
-    row 0 at the top), scaled and shifted by (rows, cols) pixels, sampled bilinearly; what
-    falls outside is zero. Differentiable in ``image``."""
+    row 0 at the top), scaled and shifted by (rows, cols) pixels, sampled bilinearly (or
+    ``mode="nearest"``); what falls outside is zero. Differentiable in ``image``."""
     rows, cols = image.shape[-2:]
     cos, sin = math.cos(rotation_rad), -math.sin(rotation_rad)  # rows grow downwards
     # grid_sample maps output coordinates to input ones: the inverse transform, in
@@ -145,10 +145,10 @@ def affine_resample(image: torch.Tensor, rotation_rad: float = 0.0, shift_px: tu
     grid = F.affine_grid(inverse[None].expand(flat.shape[0], 2, 3).to(image.device), list(flat.shape),
                          align_corners=False)
     if flat.is_complex():
-        out = torch.complex(F.grid_sample(flat.real, grid, align_corners=False),
-                            F.grid_sample(flat.imag, grid, align_corners=False))
+        out = torch.complex(F.grid_sample(flat.real, grid, mode=mode, align_corners=False),
+                            F.grid_sample(flat.imag, grid, mode=mode, align_corners=False))
     else:
-        out = F.grid_sample(flat, grid, align_corners=False)
+        out = F.grid_sample(flat, grid, mode=mode, align_corners=False)
     return out.reshape(*lead, rows, cols)
 
 

@@ -39,7 +39,7 @@ def test_a_shifted_display_moves_the_whole_picture_down_into_the_neighbouring_ti
     rig.set_imperfection("shift_px", 2.0)
     # the shipped rig misaligns the first layer only (as the paper's study does)
     assert np.array_equal(layer.query(x, w.numpy()), aligned)
-    rig.resources["fc2"].misaligns = True
+    rig.resources["fc2"].misaligns = ("shift_px",)
     rig.set_imperfection("shift_px", 2.0)
     measured = layer.query(x, w.numpy())
     tiles = np.concatenate([(w.reshape(10, 12, 12).numpy() + 1) / 2, np.full((1, 12, 12), 0.5)])
@@ -60,7 +60,7 @@ def test_a_shifted_display_moves_the_whole_picture_down_into_the_neighbouring_ti
 def test_a_rotated_display_moves_outer_tiles_further_than_central_ones(freespace_opened):
     rig, layers = freespace_opened
     layer = layers[1]
-    rig.resources["fc2"].misaligns = True
+    rig.resources["fc2"].misaligns = ("rotation_deg", "shift_px", "scale")
     w, x = random_weights_and_images(layer, 5)
     aligned = layer.query(x, w.numpy())
     rig.set_imperfection("rotation_deg", 3.0)

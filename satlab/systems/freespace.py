@@ -18,7 +18,6 @@ import torch
 from pydantic import Field, PositiveInt, field_validator
 
 from satlab import registry
-from satlab.camera_readout import referenced_signals, shown_as_transmissions
 from satlab.rig import Rig, RigError, RigLimitError
 from satlab.rigfile import PluginSpec, Strict, SystemSpec
 from satlab.systems.protocol import (
@@ -83,11 +82,11 @@ class FreeSpaceLayerBackend(LayerBackend):
         for p, row in enumerate(settings):
             # not clipped: a weight beyond ±1 is a transmission the rig's display check refuses
             weights = torch.from_numpy(row).reshape(self.out_features, self.in_features)
-            self.rig.load_inputs(self.spec.weights, shown_as_transmissions(weights).reshape(1, -1).numpy())
+            self.rig.load_inputs(self.spec.weights, self.twin.show(weights).reshape(1, -1).numpy())
             shot = self.rig.acquire(self.spec.camera, len(x))
             if (shot.counts >= self._full_scale).any():
                 raise RigError(f"{self.spec.camera} saturated: lower the light on the tiles")
-            out[p] = referenced_signals(torch.from_numpy(shot.signal[:, 0])).numpy()
+            out[p] = self.twin.readout(torch.from_numpy(shot.signal[:, 0])).numpy()
         return out
 
 
@@ -122,14 +121,16 @@ class IncoherentFreeSpace(System):
             raise ConfigError(self.path, "system.layers", "a positioner moves one layer's display, not two")
 
     def check_open(self, rig: Rig) -> None:
-        """Display and camera sizes match each layer."""
+        """Display and camera sizes match each layer (and its twin's reference tile, if any)."""
         for i, layer in enumerate(self.spec.layers):
             self.check_knobs_open(rig, f"system.layers.{i}.alignment", layer.alignment)
+            twin = registry.lookup(layer.twin.driver)(**layer.twin.options)
+            tiles = layer.out_features + int(getattr(getattr(twin, "model", None), "reference", True))
             dev = rig.instruments
             needs = [("in_features", layer.inputs, dev[layer.inputs].channels, layer.in_features, "channels"),
                      ("out_features", layer.weights, dev[layer.weights].channels,
-                      (layer.out_features + 1) * layer.in_features, "channels"),
-                     ("out_features", layer.camera, dev[layer.camera].shape[1], layer.out_features + 1, "pixels")]
+                      tiles * layer.in_features, "channels"),
+                     ("out_features", layer.camera, dev[layer.camera].shape[1], tiles, "pixels")]
             for field, name, got, want, unit in needs:
                 if got != want:
                     raise ConfigError(self.path, f"system.layers.{i}.{field}",
