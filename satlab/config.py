@@ -61,6 +61,10 @@ class ModelConfig(Strict):
     activation: Literal["hardtanh", "sigmoid"] = Field("hardtanh", description=(
         "between physical layers, after BatchNorm: hardtanh clips to [0, 1] (optical powers); "
         "sigmoid squashes into (0, 1)"))
+    between: Literal["batchnorm", "bias"] = Field("batchnorm", description=(
+        "what the electronics do to a physical layer's outputs before the activation: "
+        "batchnorm (BatchNorm1d), or bias (a trained bias per output, also on the logits: "
+        "the SAT paper's System 4)"))
     readout_scale: FinitePositive = Field(1.0, description=(
         "logits = last physical layer's outputs x this (normalised detector signals need ~10)"))
     conv_channels: list[PositiveInt] = [6, 16]
@@ -83,7 +87,7 @@ class ModelConfig(Strict):
     @property
     def has_batchnorm(self) -> bool:
         """The lenet front end and every step between physical layers normalise."""
-        return self.front == "lenet" or len(self.physical) > 2
+        return self.front == "lenet" or (len(self.physical) > 2 and self.between == "batchnorm")
 
     @model_validator(mode="after")
     def _image_front_is_square(self) -> ModelConfig:

@@ -14,10 +14,22 @@ from satlab.physical_layer import PhysicalLayer
 from satlab.systems.protocol import LayerBackend
 
 
-def _bounded(features: int, activation: str = "hardtanh") -> list[nn.Module]:
+def _bounded(features: int, activation: str = "hardtanh", between: str = "batchnorm") -> list[nn.Module]:
     # Optical powers are non-negative and the modulator saturates: inputs in [0, 1].
     squash = nn.Sigmoid() if activation == "sigmoid" else nn.Hardtanh(0.0, 1.0)
-    return [nn.BatchNorm1d(features), squash]
+    return [nn.BatchNorm1d(features) if between == "batchnorm" else Bias(features), squash]
+
+
+class Bias(nn.Module):
+    """A trained offset per feature, added electronically."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x + bias."""
+        return x + self.bias
 
 
 class ImageFront(nn.Module):
@@ -63,8 +75,10 @@ class HybridNet(nn.Module):
             start = backend.initial_controls(generator, cfg.init_weight_range)
             self.physical.append(PhysicalLayer(backend, estimator, start))
             last = i == len(backends) - 1
-            self.between.append(nn.Identity() if last else
-                                nn.Sequential(*_bounded(backend.out_features, cfg.activation)))
+            if last:
+                self.between.append(Bias(backend.out_features) if cfg.between == "bias" else nn.Identity())
+            else:
+                self.between.append(nn.Sequential(*_bounded(backend.out_features, cfg.activation, cfg.between)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of images (B, 1, 28, 28)."""

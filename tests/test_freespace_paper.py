@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import random_weights_and_images, write_yaml
+from conftest import SATLAB, freespace_config, random_weights_and_images, write_yaml
 
 from satlab.rig import Rig
 from satlab.rigfile import load_rig_file
@@ -132,3 +134,22 @@ def test_bad_preset_options_name_their_field(tmp_path, options, field, message):
     with pytest.raises(ConfigError) as err:
         load_rig_file(path)
     assert field in err.value.field and message in str(err.value)
+
+
+def test_the_paper_config_trains_with_electronic_biases_and_all_knobs(tmp_path):
+    config = yaml.safe_load(freespace_config(tmp_path, RIG_FILE).read_text())
+    config["model"].update(between="bias", readout_scale=1, init_weight_range=0.036)
+    config["training"]["rho_alignment"] = {"mount1": 2.0, "stage1": 2.0, "zoom1": 0.1, "zoom2": 0.1}
+    config["training"]["gamma"] = 1 / 3
+    path = write_yaml(tmp_path / "paper.yaml", config)
+    result = subprocess.run([SATLAB, "train", str(path), "--run-dir", str(tmp_path / "run"), "--quiet"],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    state = torch.load(tmp_path / "run" / "sat" / "checkpoint.pt", weights_only=False)["model"]
+    biases = [k for k in state if k.endswith(".bias") and k.startswith("between.")]
+    assert biases == ["between.0.0.bias", "between.1.bias"]  # hidden units and logits
+    assert not any("running_mean" in k for k in state)  # no BatchNorm anywhere
+    assert state["between.0.0.bias"].abs().max() > 0  # trained
+    # two steps, each: two passes through both layers, and every knob probed at ±step
+    summary = json.loads((tmp_path / "run" / "sat" / "summary.json").read_text())
+    assert summary["rig_queries"] == 2 * (2 * 2 + 2 * 4)
