@@ -150,6 +150,10 @@ class TrainingConfig(Strict):
     rho_digital: FiniteNonNegative = 0.0
     rho_alignment: dict[str, FiniteNonNegative] = Field(
         {}, description="SAT's ascent radius per alignment positioner, in its unit")
+    knobs_at_once: Literal["all", "worst"] = Field("all", description=(
+        "SAT's knob offsets each step: all, every knob of a layer within the ellipsoid of its "
+        "radii; worst, only the one knob (of all layers) whose radius x slope is largest, at "
+        "its radius"))
     gamma: float = Field(0.5, ge=0, lt=1, description=(
         "weight of the perturbed gradient (WSAM, coupled): 0.5 is SAM; lower values mix in "
         "the unperturbed gradient"))

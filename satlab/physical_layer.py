@@ -52,12 +52,17 @@ class PhysicalLayer(nn.Module):
             return self.backend.twin_output(x, self.controls).to(x.dtype)
         return _RigFunction.apply(x, self.controls, self)
 
-    def alignment_ascent(self) -> np.ndarray:
+    def alignment_ascent(self, only: int | None = None) -> np.ndarray:
         """SAT's worst-case knob offsets to first order within the ellipsoid of the knobs'
-        radii r: eps = r² g / ||r g||, each knob's radius in its own unit; kept in the travel."""
+        radii r: eps = r² g / ||r g||, each knob's radius in its own unit; or, given ``only``,
+        that knob alone at ±r (the corner of the radii's L1 ball); kept in the travel."""
         r, g = self.alignment_radius, self.alignment_grad
-        norm = float(np.linalg.norm(r * g))
-        eps = r * (r * g / norm) if norm > 0 and np.isfinite(norm) else np.zeros_like(r)
+        if only is not None:
+            eps = np.zeros_like(r)
+            eps[only] = r[only] * np.sign(g[only])
+        else:
+            norm = float(np.linalg.norm(r * g))
+            eps = r * (r * g / norm) if norm > 0 and np.isfinite(norm) else np.zeros_like(r)
         low, high = np.array([k.travel for k in self.backend.knobs]).reshape(-1, 2).T
         return np.clip(eps, low, high)
 

@@ -20,17 +20,21 @@ class SatController:
     projected into the safe range; g' at theta+eps; base optimizer steps with
     g'; theta projected into limits. Layers with alignment knobs and ascent radii
     also move the knobs to their worst side (``PhysicalLayer.alignment_ascent``,
-    slopes by central differences on the rig) for g', and back. ``method="plain"``
+    slopes by central differences on the rig) for g', and back: all of them within each
+    layer's ellipsoid of radii, or (``knobs_at_once="worst"``) only the worst single knob. ``method="plain"``
     is one pass with the same estimator and base optimizer: the baseline.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 optimizer: torch.optim.Optimizer, method: str = "sat") -> None:
+                 optimizer: torch.optim.Optimizer, method: str = "sat", knobs_at_once: str = "all") -> None:
         if method not in ("sat", "plain"):
             raise ValueError(f"method must be 'sat' or 'plain', got {method!r}")
         if (method == "sat") != isinstance(optimizer, SAM):
             raise TypeError("method 'sat' needs a satlab.optim.SAM optimizer, 'plain' a base optimizer")
+        if knobs_at_once not in ("all", "worst"):
+            raise ValueError(f"knobs_at_once must be 'all' or 'worst', got {knobs_at_once!r}")
         self.model, self.loss_fn, self.optimizer, self.method = model, loss_fn, optimizer, method
+        self.knobs_at_once = knobs_at_once
         self.physical = [m for m in model.modules() if isinstance(m, PhysicalLayer)]
 
     def _pass(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,6 +42,17 @@ class SatController:
         loss = self.loss_fn(logits, y)
         loss.backward()
         return loss.detach(), logits.detach()
+
+    def _knob_ascents(self, knobbed: list[PhysicalLayer]) -> list[np.ndarray]:
+        """Each knobbed layer's offsets: every knob within its layer's ellipsoid, or only the
+        one knob of all layers whose radius times slope is largest (the worst single
+        misalignment, as the SAT paper's combined model perturbed one parameter per batch)."""
+        if self.knobs_at_once == "all":
+            return [layer.alignment_ascent() for layer in knobbed]
+        rise = [np.abs(layer.alignment_radius * layer.alignment_grad) for layer in knobbed]
+        worst = int(np.argmax([r.max(initial=0.0) for r in rise]))
+        return [layer.alignment_ascent(only=int(np.argmax(rise[i]))) if i == worst
+                else np.zeros(len(layer.backend.knobs)) for i, layer in enumerate(knobbed)]
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One update on a batch; returns the loss and logits at the unperturbed point."""
@@ -57,8 +72,8 @@ class SatController:
             for layer in self.physical:
                 layer.project()  # theta+eps stays applicable, perturbation margin included
             try:
-                for layer in knobbed:  # the bench's own misalignment, to the worst side
-                    layer.backend.align(layer.alignment_ascent())
+                for layer, eps in zip(knobbed, self._knob_ascents(knobbed), strict=True):
+                    layer.backend.align(eps)  # the bench's own misalignment, to the worst side
                 with frozen_bn_stats(self.model):  # BN statistics count each batch once
                     self._pass(x, y)
             finally:

@@ -120,7 +120,8 @@ def build_trainee(cfg: RunConfig, rig: Rig, method: str, weights: dict | None = 
                      WSAM(groups, base, rho=t.rho, adaptive=t.adaptive, gamma=t.gamma, decoupled=False))
     else:
         optimizer = base([{k: v for k, v in g.items() if k not in ("rho", "adaptive")} for g in groups])
-    controller = SatController(model, nn.functional.cross_entropy, optimizer, method)
+    controller = SatController(model, nn.functional.cross_entropy, optimizer, method,
+                               cfg.training.knobs_at_once)
     return Trainee(model, controller, estimator, backends)
 
 

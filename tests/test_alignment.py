@@ -111,6 +111,27 @@ def test_a_sat_step_moves_the_knob_by_its_radius_to_the_worse_side_and_back(tmp_
         assert not [c for c in rig.commands if c.instrument in ("stage1", "mount1", "zoom1")]
 
 
+def test_worst_moves_only_the_knob_whose_radius_times_slope_is_largest_to_its_radius(tmp_path):
+    radii = {"stage1": 2.0, "mount1": 2.0, "zoom1": 0.1}
+    cfg = load_config(freespace_config(tmp_path, rho_alignment=radii, knobs_at_once="worst"))
+    images, labels = batch(3)
+    with Rig.from_file(cfg.rig) as rig:
+        tr = build_trainee(cfg, rig, "sat")
+        rig.commands.clear()
+        tr.controller.step(images, labels)
+        layer = tr.model.physical[0]
+        rise = np.abs(layer.alignment_radius * layer.alignment_grad)
+        assert np.count_nonzero(rise) == 3  # every knob was probed
+        worst = layer.backend.knobs[int(np.argmax(rise))].positioner
+        for knob in layer.backend.knobs:
+            moves = [c.value for c in rig.commands if c.instrument == knob.positioner]
+            # probes at ±step and back; then the worst knob alone to its radius, and back
+            ascent = [radii[knob.positioner] * np.sign(layer.alignment_grad[layer.backend.knobs.index(knob)]),
+                      0.0] if knob.positioner == worst else []
+            assert moves == pytest.approx([knob.step, -knob.step, 0.0, *ascent]), knob.positioner
+        assert set(rig.resources["fc1"].positions.values()) == {0.0}
+
+
 def test_the_ascent_stays_within_the_travel_and_spreads_over_knobs_by_their_radii(tmp_path):
     cfg = load_config(freespace_config(tmp_path, rho_alignment={"stage1": 30.0, "mount1": 2.0}))
     with Rig.from_file(cfg.rig) as rig:
