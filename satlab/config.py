@@ -154,6 +154,10 @@ class TrainingConfig(Strict):
         "SAT's knob offsets each step: all, every knob of a layer within the ellipsoid of its "
         "radii; worst, only the one knob (of all layers) whose radius x slope is largest, at "
         "its radius"))
+    knob_radius: Literal["fixed", "uniform"] = Field("fixed", description=(
+        "fixed: the knobs' offsets at their radii every step; uniform: each step's radii "
+        "scaled by a fraction drawn uniformly in (0, 1], from the seed and the step (a resumed "
+        "run draws the same), so the points between aligned and the radius are trained too"))
     gamma: float = Field(0.5, ge=0, lt=1, description=(
         "weight of the perturbed gradient (WSAM, coupled): 0.5 is SAM; lower values mix in "
         "the unperturbed gradient"))

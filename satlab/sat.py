@@ -54,8 +54,10 @@ class SatController:
         return [layer.alignment_ascent(only=int(np.argmax(rise[i]))) if i == worst
                 else np.zeros(len(layer.backend.knobs)) for i, layer in enumerate(knobbed)]
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One update on a batch; returns the loss and logits at the unperturbed point."""
+    def step(self, x: torch.Tensor, y: torch.Tensor, knob_fraction: float = 1.0
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update on a batch; returns the loss and logits at the unperturbed point. The
+        knobs' offsets are their ascent times ``knob_fraction``."""
         self.model.train()
         self.optimizer.zero_grad()
         knobbed = [layer for layer in self.physical
@@ -73,7 +75,7 @@ class SatController:
                 layer.project()  # theta+eps stays applicable, perturbation margin included
             try:
                 for layer, eps in zip(knobbed, self._knob_ascents(knobbed), strict=True):
-                    layer.backend.align(eps)  # the bench's own misalignment, to the worst side
+                    layer.backend.align(knob_fraction * eps)  # the bench's misalignment, to the worst side
                 with frozen_bn_stats(self.model):  # BN statistics count each batch once
                     self._pass(x, y)
             finally:

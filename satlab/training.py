@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from satlab import checkpoint, strict_json
-from satlab.config import RunConfig, parse_range
+from satlab.config import RunConfig, TrainingConfig, parse_range
 from satlab.data import Dataset, epoch_order
 from satlab.deployment import WEIGHTS_FILE, deploy, export_weights
 from satlab.estimators import ESTIMATORS, GradientEstimator
@@ -160,6 +160,14 @@ def _truncate_csv(path: Path, rows: int) -> None:
     path.write_text("".join(lines[: rows + 1]) if lines else "")
 
 
+def knob_fraction(t: TrainingConfig, step: int) -> float:
+    """The share of the knobs' radii a step uses: 1, or (knob_radius: uniform) a draw in
+    (0, 1] that depends on the seed and the step only, so a resumed run draws the same."""
+    if t.knob_radius == "fixed":
+        return 1.0
+    return 1.0 - float(np.random.default_rng([t.seed, step]).random())
+
+
 def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method: str,
                  rig_start: dict, progress: bool = True, weights: dict | None = None) -> dict:
     """Train one method (sat or plain) in ``run_dir/method``, resuming from its checkpoint.
@@ -207,7 +215,8 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
             order = epoch_order(n, t.seed, epoch)
             for step in range(start_step, steps):
                 idx = order[step * t.batch_size:(step + 1) * t.batch_size]
-                loss, logits = tr.controller.step(data.train_x[idx], data.train_y[idx])
+                loss, logits = tr.controller.step(data.train_x[idx], data.train_y[idx],
+                                                  knob_fraction(t, epoch * steps + step))
                 acc = (logits.argmax(1) == data.train_y[idx]).float().mean().item()
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}", queries=tr.rig_queries,

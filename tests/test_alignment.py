@@ -221,8 +221,9 @@ def test_a_run_killed_while_sat_moves_the_knobs_resumes_to_the_uninterrupted_res
         for res in ("fc1", "fc2"):  # camera read noise: the benches' RNG must resume too
             spec["resources"][res]["options"]["camera"] = {"read_noise_e": 2.0}
     rig = rig_with(tmp_path, edit)
-    path = freespace_config(tmp_path, rig=rig, rho_alignment={"stage1": 3.0}, gamma=1 / 3, epochs=2,
-                       checkpoint_every=2)
+    # the worst knob of two at a radius drawn per step: the draws must resume too
+    path = freespace_config(tmp_path, rig=rig, rho_alignment={"stage1": 3.0, "mount1": 2.0}, gamma=1 / 3,
+                            epochs=2, checkpoint_every=2, knobs_at_once="worst", knob_radius="uniform")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
 
     ckpt = killed / "sat" / "checkpoint.pt"
@@ -240,6 +241,19 @@ def test_a_run_killed_while_sat_moves_the_knobs_resumes_to_the_uninterrupted_res
             return [[row[k] for k in ("epoch", "step", "loss", "accuracy", "rig_queries")]
                     for row in csv.DictReader(f)]
     assert columns(whole) == columns(killed) and len(columns(whole)) == 2  # a row per epoch
+
+
+def test_a_uniform_knob_radius_is_a_fraction_in_0_1_drawn_from_the_seed_and_step():
+    from satlab.config import TrainingConfig
+    from satlab.training import knob_fraction
+
+    fixed, uniform = TrainingConfig(), TrainingConfig(knob_radius="uniform", seed=4)
+    assert {knob_fraction(fixed, step) for step in range(50)} == {1.0}
+    draws = [knob_fraction(uniform, step) for step in range(2000)]
+    assert all(0 < d <= 1 for d in draws) and len(set(draws)) == 2000
+    assert abs(np.mean(draws) - 0.5) < 0.03 and abs(np.mean(np.array(draws) < 0.25) - 0.25) < 0.03
+    assert draws[:5] == [knob_fraction(uniform, step) for step in range(5)]  # the same again
+    assert draws[:5] != [knob_fraction(TrainingConfig(knob_radius="uniform", seed=5), s) for s in range(5)]
 
 
 def test_rig_check_reports_where_each_positioner_is():
