@@ -219,7 +219,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from satlab.report import method_runs
-    from satlab.sweeps import Sweep, across_seeds, draws_note, format_table, imperfection_table, parse_axes
+    from satlab.sweeps import Sweep, draws_note, imperfection_table, parse_axes
 
     targets = [Path(p) for p in args.run_dir]
     evaluated = [_evaluated_run(t) for t in targets]
@@ -259,25 +259,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 per_seed[stem].setdefault(label, []).append(rows)
         if len(targets) == 1 and sweep.is_drift_evaluation and method_runs([run_root]):
             _report(run_root)
-    if len(targets) == 1:
-        return 0
-    from satlab.sweeps import write_files
-
-    for scored in sweeps:
-        seeds = replace(scored, seeds=len(targets))
-        by_method: dict[tuple[str, str], list[list[dict]]] = {}
-        for label, runs in per_seed[scored.stem].items():  # a partial run's label differs: by method
-            by_method.setdefault(names[label], []).extend(runs)
-        results = [(f"{method} ({estimator}), {len(targets)} seeds", across_seeds(runs))
-                   for (method, estimator), runs in by_method.items()]
-        print(format_table(seeds, results))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = [path for ((method, estimator), _), (_, rows) in zip(by_method.items(), results, strict=True)
-                   for path in write_files(out_dir, seeds, rows, method, estimator, imperfections,
-                                           stem=f"{seeds.stem}-{method}")]
-        written += _plot(out_dir, seeds, results)
-        print("\n".join(f"wrote {path}" for path in written))
+    if len(targets) > 1:
+        for scored in sweeps:
+            _write_seeds(out_dir, replace(scored, seeds=len(targets)), per_seed[scored.stem], names,
+                         imperfections)
     return 0
+
+
+def _write_seeds(out_dir: Path, seeds, per_seed: dict[str, list[list[dict]]],
+                 names: dict[str, tuple[str, str]], imperfections: dict) -> None:
+    """Every method's mean ± std over the seeds' runs: a table, files per method and a plot in ``out_dir``."""
+    from satlab.sweeps import across_seeds, format_table, write_files
+
+    by_method: dict[tuple[str, str], list[list[dict]]] = {}
+    for label, runs in per_seed.items():  # a partial run's label differs: grouped by method
+        by_method.setdefault(names[label], []).extend(runs)
+    results = [(f"{method} ({estimator}), {seeds.seeds} seeds", across_seeds(runs))
+               for (method, estimator), runs in by_method.items()]
+    print(format_table(seeds, results))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [path for (method, estimator), (_, rows) in zip(by_method, results, strict=True)
+               for path in write_files(out_dir, seeds, rows, method, estimator, imperfections,
+                                       stem=f"{seeds.stem}-{method}")]
+    written += _plot(out_dir, seeds, results)
+    print("\n".join(f"wrote {path}" for path in written))
 
 
 def _same_but_seed(targets: list[Path], evaluated: list[tuple[Path, RunConfig]]) -> None:
@@ -311,7 +316,7 @@ def _trained_states(target: Path, root: Path, cfg: RunConfig) -> dict[Path, dict
 
 
 def _evaluate_run(root: Path, cfg: RunConfig, states: dict[Path, dict], data, sweeps: list,
-                    imperfections: dict, args: argparse.Namespace
+                  imperfections: dict, args: argparse.Namespace
                   ) -> tuple[dict[str, list[tuple[str, list[dict]]]], dict[str, tuple[str, str]]]:
     """Every trained method of one run swept on its rig, once per sweep (the full test set, and
     its first images with --subset); writes the method's files and the run's plots. Returns
