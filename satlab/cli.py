@@ -286,9 +286,10 @@ def _write_seeds(out_dir: Path, seeds, per_seed: dict[str, list[list[dict]]],
 
 
 def _same_but_seed(targets: list[Path], evaluated: list[tuple[Path, RunConfig]]) -> None:
-    """Runs evaluated together as seeds must differ in their seed (and name) only."""
+    """Runs evaluated together as seeds must differ in their seed (name, methods) only."""
     def comparable(cfg: RunConfig) -> dict:  # each run keeps its own copy of the rig file
-        return {**cfg.model_dump(exclude={"name": True, "rig": True, "runs_dir": True, "training": {"seed"}}),
+        exclude = {"name": True, "rig": True, "runs_dir": True, "training": {"seed", "methods"}}
+        return {**cfg.model_dump(exclude=exclude),
                 "rig": load_rig_file(cfg.rig).model_dump(exclude={"name"})}
 
     first = comparable(evaluated[0][1])

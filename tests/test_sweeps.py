@@ -200,7 +200,8 @@ def seeds(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("seeds")
     runs = []
     for seed in (0, 1):
-        cfg = write_yaml(tmp / f"tiny{seed}.yaml", tiny_config(TWO_LAYER_RIG, methods=["plain"], seed=seed))
+        cfg = write_yaml(tmp / f"tiny{seed}.yaml", tiny_config(TWO_LAYER_RIG, methods=["plain"], seed=seed,
+                                                               log_every=2))  # unlike `run`'s
         result = satlab("train", cfg, "--run-dir", tmp / f"s{seed}", "--quiet")
         assert result.returncode == 0, result.stderr
         runs.append(tmp / f"s{seed}")
@@ -225,6 +226,7 @@ def test_seeds_give_each_point_the_mean_and_spread_of_the_runs(seeds, tmp_path):
 def test_runs_that_are_not_seeds_of_one_config_are_refused_before_any_rig_opens(seeds, run, tmp_path):
     result = satlab("evaluate", seeds[0], run, "--sweep", "drift_K=0,1", "--quiet")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert str(run) in result.stderr and "seeds of one config" in result.stderr
+    assert str(run) in result.stderr and "training: differs" in result.stderr
+    assert "seeds of one config" in result.stderr
     result = satlab("evaluate", seeds[0], seeds[0], "--sweep", "drift_K=0,1", "--quiet")
     assert result.returncode == 2 and "seed 0 is given twice" in result.stderr
