@@ -153,3 +153,15 @@ def test_the_paper_config_trains_with_electronic_biases_and_all_knobs(tmp_path):
     # two steps, each: two passes through both layers, and every knob probed at ±step
     summary = json.loads((tmp_path / "run" / "sat" / "summary.json").read_text())
     assert summary["rig_queries"] == 2 * (2 * 2 + 2 * 4)
+
+
+def test_registration_refuses_the_paper_geometry_before_any_query():
+    from satlab.calibration.freespace import calibrate_registration
+
+    spec = load_rig_file(RIG_FILE)
+    with Rig(spec, RIG_FILE) as rig:
+        rig.commands.clear()
+        with pytest.raises(ConfigError) as err:
+            calibrate_registration(rig, system_for(spec, RIG_FILE))
+        assert err.value.field == "system.layers.0.twin" and "reference tile" in str(err.value)
+        assert not rig.commands

@@ -181,8 +181,13 @@ def _fit(model: Any, shown: torch.Tensor, inputs: torch.Tensor, counts: np.ndarr
 
 
 def _check_layer(rig: Rig, system: System, i: int, layer: Any) -> None:
-    """ConfigError at the layer's field unless its instruments are open on ``rig``."""
+    """ConfigError at the layer's field unless its instruments are open on ``rig`` and its
+    twin models a picture read against a reference tile."""
     where = f"system.layers.{i}"
+    if not getattr(layer_model(layer), "reference", False):
+        raise ConfigError(system.path, f"{where}.twin", "registration fits a picture of tiles read against "
+                          "a reference tile; this layer's twin has none (paper_system4 is arithmetic, "
+                          "with nothing to register)")
     for role, kind in (("weights", InputModulator), ("inputs", InputModulator), ("camera", Camera)):
         name = getattr(layer, role)
         dev = rig.instruments.get(name)
