@@ -63,12 +63,11 @@ class TileFrameModel:
             numbers = torch.arange(1, rows * cols + 1, dtype=torch.float32).reshape(1, rows, cols)
             seen = self.moved(numbers, rotation_deg, shift_px, scale).flatten()  # pixel + 1; 0 outside
             local = self._weight_at[seen[self._read_back].round().long()]  # (slots, side²), -1: none
-            per_frame = self.slots * self.side**2
-            frame = torch.arange(self.outputs)[:, None] // self.slots
-            index = torch.where(local[torch.arange(self.outputs) % self.slots] >= 0,
-                                frame * per_frame + local[torch.arange(self.outputs) % self.slots], -1)
+            output = torch.arange(self.outputs)
+            own = local[output % self.slots]  # in its frame, what each output's place shows
+            index = (output[:, None] // self.slots) * self.slots * self.side**2 + own
             count = self.outputs * self.side**2
-            index = torch.where((index >= 0) & (index < count), index, count)  # empty slots show nothing
+            index = torch.where((own >= 0) & (index < count), index, count)  # empty slots show nothing
             if len(self._sources) >= _CACHED:
                 self._sources.pop(next(iter(self._sources)))
             self._sources[key] = index
