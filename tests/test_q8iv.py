@@ -91,7 +91,13 @@ def test_the_vendors_own_client_drives_satlab_emulate(tmp_path):
         source.close()
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        try:
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:  # it ignored the signal (e.g. started with SIGINT ignored): no leak
+                proc.kill()
+                proc.wait()
+        assert code == 0, proc.stderr.read()
 
 
 # -- the driver's parsers against the reference ---------------------------------------
