@@ -572,7 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "run's drift grid).\nWrites sweep-NAMES[-bn-batch].csv/.json in each method "
                     "folder and a .png plot\n(1-D and 2-D sweeps) in the run folder. A drift-only "
                     "sweep with one draw and eval-mode\nBatchNorm also updates summary.json and "
-                    "the report.")
+                    "the report. --subset N also scores the first N test images;\nseveral runs of "
+                    "one config (seeds) add each point's mean ± std over them.")
     e.add_argument("run_dir", metavar="RUN_DIR", nargs="+",
                    help="a run (or one method of it); several runs of one config with different "
                         "seeds: each is evaluated, then every point's mean ± std over the seeds is "

@@ -4,7 +4,10 @@ fanned out onto every tile, and summed onto one camera pixel per tile.
 
 Weights w in [-1, 1] are the controls; the display shows (w + 1)/2 and a reference tile
 at 1/2, and the camera's pixels against the reference give sum_j w_ij x_j / sum_j x_j
-(``satlab.camera_readout``). Misalignment of the display (rotation, shift, scale of the
+(``satlab.camera_readout``); a twin without a reference tile (preset paper_system4)
+has the display show levels (w + 1)/2 and reads signed sums off the camera's black level,
+the twin's ``show`` and ``readout`` deciding which. Misalignment of the display
+(rotation, shift, scale of the
 picture) is what the bench's imperfections model.
 """
 
