@@ -7,8 +7,7 @@ at 1/2, and the camera's pixels against the reference give sum_j w_ij x_j / sum_
 (``satlab.camera_readout``); a twin without a reference tile (preset paper_system4)
 has the display show levels (w + 1)/2 and reads signed sums off the camera's black level,
 the twin's ``show`` and ``readout`` deciding which. Misalignment of the display
-(rotation, shift, scale of the
-picture) is what the bench's imperfections model.
+(rotation, shift, scale of the picture) is what the bench's imperfections model.
 """
 
 from __future__ import annotations
