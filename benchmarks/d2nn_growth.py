@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from satlab.process import prepare_for_training
-from satlab.simulators.d2nn import D2nnModel, D2nnParams
+from satlab.simulators.freespace.d2nn import D2nnModel, D2nnParams
 
 
 def one_point(grid: int, batch: int, dtype: str, repeats: int = 2) -> dict:

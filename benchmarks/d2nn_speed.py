@@ -32,7 +32,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from satlab.simulators.d2nn import D2nnModel, D2nnParams
+from satlab.simulators.freespace.d2nn import D2nnModel, D2nnParams
 
 from satlab.data import load_offline_mnist
 from satlab.camera_readout import square_regions

@@ -19,7 +19,7 @@ import numpy as np
 import serial
 from pymeasure.adapters import SerialAdapter
 from satlab.drivers.qontrol.q8iv import Q8iv, Q8ivSource
-from satlab.simulators.q8iv_emulator import Q8ivEmulator
+from satlab.simulators.emulators.q8iv import Q8ivEmulator
 
 
 def per_write(fn, writes: int) -> float:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from satlab.drivers.qontrol.q8iv import Q8ivSource
-from satlab.simulators.q8iv_emulator import Q8ivEmulator
+from satlab.simulators.emulators.q8iv import Q8ivEmulator
 
 from satlab.cli import main as satlab
 from satlab.config import DEFAULT_CONFIG, load_config

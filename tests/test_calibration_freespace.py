@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import bank_rig, random_weights_and_images, write_yaml
-from satlab.simulators.incoherent import NAMED, IncoherentModel, IncoherentTwin
+from satlab.simulators.freespace.incoherent import NAMED, IncoherentModel, IncoherentTwin
 
 from satlab.calibration.freespace import calibrate_registration, images, pictures, predict
 from satlab.calibration.store import load_calibration, write_calibration

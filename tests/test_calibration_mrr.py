@@ -277,7 +277,7 @@ def test_a_bank_calibrates_through_the_real_q8iv_driver_with_its_wire_time(tmp_p
     assert wire["writes"] >= cal.meta.steps["rings"].queries - 4 and wire["ms_per_write"] > 0
     assert "heaters: wire" in proc.stdout
     # the chip's own resonances (paper_system1: current tuning, 0.1 nm/mA) come back
-    from satlab.simulators.mrr_bank import bank_model
+    from satlab.simulators.mrr.bank import bank_model
 
     truth = -bank_model(10, 3, "paper_system1", 11).fabrication_nm.flatten().numpy() / 100
     arrays = cal.arrays("rings")

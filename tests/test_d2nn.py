@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from satlab.simulators.d2nn import PRESETS, D2nnImperfections, D2nnModel
+from satlab.simulators.freespace.d2nn import PRESETS, D2nnImperfections, D2nnModel
 
 BENCH = Path(__file__).parents[1] / "benchmarks" / "d2nn_speed.py"
 

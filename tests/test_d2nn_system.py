@@ -143,7 +143,7 @@ def test_rig_file_mistakes_name_their_field(tmp_path, change, field, message):
 
 
 def test_a_restored_bench_draws_the_same_camera_noise():
-    from satlab.simulators.d2nn_bench import D2nnBench
+    from satlab.simulators.freespace.d2nn_bench import D2nnBench
 
     bench = D2nnBench(camera={"shot_noise": True, "read_noise_e": 3.0}, noise_seed=7)
     bench.load(digits_like(2, 8).numpy())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 from satlab.drivers.keithley.k2400 import SIMULATION
-from satlab.simulators.q8iv_emulator import Q8ivEmulator
+from satlab.simulators.emulators.q8iv import Q8ivEmulator
 
 from satlab.cli import main
 

@@ -14,8 +14,8 @@ from conftest import FREESPACE_RIG as RIG_FILE
 from conftest import SATLAB, freespace_config, random_weights_and_images, write_yaml
 
 from satlab.rig import Rig, RigError, RigLimitError
-from satlab.simulators import optics
-from satlab.simulators.incoherent import IncoherentModel
+from satlab.simulators.freespace import optics
+from satlab.simulators.freespace.incoherent import IncoherentModel
 from satlab.rigfile import load_rig_file
 from satlab.validation import ConfigError
 

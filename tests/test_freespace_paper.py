@@ -16,7 +16,7 @@ from conftest import SATLAB, freespace_config, random_weights_and_images, write_
 
 from satlab.rig import Rig
 from satlab.rigfile import load_rig_file
-from satlab.simulators.tile_frames import TileFrameModel
+from satlab.simulators.freespace.tile_frames import TileFrameModel
 from satlab.systems import system_for
 from satlab.validation import ConfigError
 

@@ -8,7 +8,7 @@ import torch
 from conftest import bank_rig
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from satlab.simulators.mrr_bank import MrrBankModel, preset_params
+from satlab.simulators.mrr.bank import MrrBankModel, preset_params
 
 from satlab.calibration import fit_lorentzian, sweep_ring
 from satlab.rig import Rig

@@ -1,4 +1,4 @@
-"""Free-space optics against closed forms (simulators/optics.py)."""
+"""Free-space optics against closed forms (simulators/freespace/optics.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from satlab.simulators import optics
+from satlab.simulators.freespace import optics
 
 from satlab.camera_readout import region_sums, square_regions
 from satlab.phase_lut import PhaseLut

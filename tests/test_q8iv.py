@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymeasure.adapters import ProtocolAdapter
 from satlab.drivers.qontrol.q8iv import Q8ivSource, parse_module, parse_quantity, serial_port
-from satlab.simulators.q8iv_emulator import Q8ivEmulator
+from satlab.simulators.emulators.q8iv import Q8ivEmulator
 
 from satlab.cli import main
 from satlab.instruments import InstrumentFault

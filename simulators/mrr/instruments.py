@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from satlab.simulators.mrr_bank import MrrBench
+from satlab.simulators.mrr.bank import MrrBench
 
 from satlab.instruments import CurrentSource, InputModulator, Photodetector
 from satlab.validation import OptionError, require_count

@@ -8,7 +8,7 @@ shift along the rows in display pixels, i.e. weight rows, magnification), sample
 nearest-neighbour with zero fill; the read-back takes the even columns and each tile's
 weights at their fixed place. The weights are signed and so are the inputs (normalised
 digits): there is no reference tile and no light, only the arithmetic the reference's
-code does. ``simulators.incoherent`` runs it behind the same instruments as the physical
+code does. ``simulators.freespace.incoherent`` runs it behind the same instruments as the physical
 bench, shown as levels (w + 1)/2 and read by a camera with a black level.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
-from satlab.simulators import optics
+from satlab.simulators.freespace import optics
 
 TILE = (32, 30)  # a tile's rows and columns before the columns are doubled
 FRAME = (3, 4)  # tiles per frame: rows, columns

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from satlab.simulators import optics
+from satlab.simulators.freespace import optics
 
 from satlab.camera_readout import normalised_signals, square_regions
 

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from satlab.simulators import optics
-from satlab.simulators.alignment import AlignmentAxes
-from satlab.simulators.d2nn import AXES, PRESETS, D2nnImperfections, D2nnModel
+from satlab.simulators.freespace import optics
+from satlab.simulators.freespace.alignment import AlignmentAxes
+from satlab.simulators.freespace.d2nn import AXES, PRESETS, D2nnImperfections, D2nnModel
 from satlab.simulators.seeded_noise import SeededNoise
 
 from satlab.camera_readout import normalised_signals

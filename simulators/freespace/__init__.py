@@ -1,0 +1,1 @@
+"""Free-space optics: propagation, the D2NN and the incoherent benches, displays and stages."""
