@@ -1,0 +1,1 @@
+"""Programmable MZI meshes (the SAT paper's System 2): physics, programming, the bench."""
