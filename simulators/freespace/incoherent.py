@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from satlab.simulators.freespace import optics
 from satlab.simulators.freespace.alignment import AlignmentAxes
-from satlab.simulators.seeded_noise import SeededNoise
 from satlab.simulators.freespace.tile_frames import TileFrameModel
+from satlab.simulators.seeded_noise import SeededNoise
 
 from satlab.camera_readout import referenced_signals, shown_as_transmissions
 from satlab.instruments import Camera, InputModulator, Roi

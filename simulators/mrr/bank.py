@@ -312,6 +312,18 @@ class MrrBench:
         self.generator = torch.Generator().manual_seed(seed + 1 if noise_seed is None
                                                        else noise_seed)
 
+    device = "MRR"
+
+    @property
+    def heater_channels(self) -> int:
+        """Heaters of the bank, one per ring."""
+        return self.model.channels
+
+    @property
+    def max_current_A(self) -> float:
+        """The heaters' current range."""
+        return self.model.params.max_current_A
+
     @staticmethod
     def check_options(noise_seed: int | None = None, **options) -> None:
         """Validate rig-file options without building a bench."""

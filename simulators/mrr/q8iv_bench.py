@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import math
 
+from satlab.simulators.emulators.q8iv import (
+    CHANNELS_PER_MODULE,
+    Q8ivEmulator,
+    check_line_options,
+)
 from satlab.simulators.mrr.bank import MrrBench
-from satlab.simulators.emulators.q8iv import CHANNELS_PER_MODULE, Q8ivEmulator, check_line_options
 
 from satlab.validation import OptionError
 
