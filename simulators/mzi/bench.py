@@ -54,6 +54,14 @@ def mesh_options(modes: int, outputs: int, layout: str = "rectangular", heaters:
     return LAYOUTS[layout](modes), params
 
 
+def port_power_W(mesh: MziMesh, amplitudes: torch.Tensor, currents: torch.Tensor, outputs: int,
+                 full_scale_W: float) -> torch.Tensor:
+    """Power (W) on the first ``outputs`` ports for input field amplitudes (B, modes) in
+    units of full scale; bench and twin both compute it here, so they agree bit for bit."""
+    field = amplitudes.to(torch.complex128) * math.sqrt(full_scale_W)
+    return mesh.output(field, currents)[..., :outputs].abs() ** 2
+
+
 class MziTwin(torch.nn.Module):
     """Digital twin of the mesh: the error-free mesh, ``|U x|^2`` on the first ports, in
     input units (an input value of 1 on one mode carries 1)."""
@@ -65,14 +73,13 @@ class MziTwin(torch.nn.Module):
         mesh_layout, params = mesh_options(modes, outputs, layout, heaters, loss_db_per_mzi,
                                            input_full_scale_W)
         self.mesh = MziMesh(mesh_layout, params, loss_db_per_mzi=loss_db_per_mzi)
-        self.outputs = outputs
+        self.outputs, self.full_scale_W = outputs, input_full_scale_W
 
     check_options = staticmethod(mesh_options)
 
     def forward(self, inputs: torch.Tensor, currents: torch.Tensor) -> torch.Tensor:
         """Port powers (..., B, outputs) for field amplitudes (B, modes) and currents (..., heaters)."""
-        field = self.mesh.output(inputs.to(torch.complex128), currents)
-        return field[..., :self.outputs].abs() ** 2
+        return port_power_W(self.mesh, inputs, currents, self.outputs, self.full_scale_W) / self.full_scale_W
 
 
 class MziBench(SeededNoise):
@@ -126,8 +133,7 @@ class MziBench(SeededNoise):
 
     def read(self, averages: int = 1) -> torch.Tensor:
         """Port powers (W): (batch, outputs), or (P, batch, outputs) for a held stack."""
-        field = self.inputs.to(torch.complex128) * math.sqrt(self.full_scale_W)
-        power = self.mesh.output(field, self.currents)[..., :self.outputs].abs() ** 2
+        power = port_power_W(self.mesh, self.inputs, self.currents, self.outputs, self.full_scale_W)
         if self.currents.ndim == 2:
             self.currents = self.currents[-1]
         if self.detector_noise_W == 0:
