@@ -1,0 +1,1 @@
+"""Saturable-absorber activations and the all-optical network built on them."""
