@@ -76,6 +76,11 @@ class SaOnnModel:
                      if self.nonlinearity == "sa" else torch.relu(h))
         return h * h
 
+    def power_W(self, amplitudes: torch.Tensor, weights: torch.Tensor, od_scale: float = 1.0,
+                i_sat_scale: float = 1.0) -> torch.Tensor:
+        """Detected powers (W); bench and twin both compute them here, so they agree bit for bit."""
+        return self.intensities(amplitudes, weights, od_scale, i_sat_scale) * self.full_scale_W
+
 
 def _model(options: dict) -> SaOnnModel:
     return SaOnnModel(**options)
@@ -95,7 +100,7 @@ class SaOnnTwin(torch.nn.Module):
 
     def forward(self, inputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Detected intensities (..., B, out) in input units."""
-        return self.model.intensities(inputs, weights)
+        return self.model.power_W(inputs, weights) / self.model.full_scale_W
 
 
 class SaOnnBench(SeededNoise):
@@ -120,7 +125,7 @@ class SaOnnBench(SeededNoise):
     def read(self) -> torch.Tensor:
         """Detected powers (W), (batch, outputs), for the weights shown (levels (..., n))."""
         m = self.model
-        power = m.intensities(self.inputs, 2 * self.levels - 1, self.od_scale, self.i_sat_scale) * m.full_scale_W
+        power = m.power_W(self.inputs, 2 * self.levels - 1, self.od_scale, self.i_sat_scale)
         if self.detector_noise_W:
             power = power + torch.randn(power.shape, generator=self.generator, dtype=power.dtype) * self.detector_noise_W
         return power
