@@ -129,9 +129,11 @@ class EstimatorConfig(Strict):
 class TrainingConfig(Strict):
     """Optimisation settings; SAT and plain training share all of them except rho."""
 
-    methods: list[Literal["sat", "plain", "weights"]] = Field(
+    methods: list[Literal["sat", "plain", "noise", "weights"]] = Field(
         ["sat", "plain"], min_length=1,
-        description="weights: deploy model.init_from and evaluate it, without training")
+        description=("noise: plain training with Gaussian noise of noise_std on every control "
+                     "during each gradient, the update applied to the clean controls; weights: "
+                     "deploy model.init_from and evaluate it, without training"))
 
     @field_validator("methods")
     @classmethod
@@ -139,6 +141,12 @@ class TrainingConfig(Strict):
         if len(set(v)) != len(v):
             raise ValueError("list each method once")
         return v
+
+    @model_validator(mode="after")
+    def _noise_has_a_size(self) -> TrainingConfig:
+        if "noise" in self.methods and self.noise_std == 0:
+            raise ValueError("method noise needs noise_std > 0 (in the controls' unit)")
+        return self
 
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 64
@@ -161,6 +169,9 @@ class TrainingConfig(Strict):
     gamma: float = Field(0.5, ge=0, lt=1, description=(
         "weight of the perturbed gradient (WSAM, coupled): 0.5 is SAM; lower values mix in "
         "the unperturbed gradient"))
+    noise_std: FiniteNonNegative = Field(0.0, description=(
+        "method noise: the std of the noise on every control, in the controls' unit; drawn "
+        "from the seed and the step (a resumed run draws the same)"))
     seed: int = Field(0, ge=0, lt=2**32)
     checkpoint_every: PositiveInt = 20
     log_every: PositiveInt = 5

@@ -22,13 +22,14 @@ class SatController:
     also move the knobs to their worst side (``PhysicalLayer.alignment_ascent``,
     slopes by central differences on the rig) for g', and back: all of them within each
     layer's ellipsoid of radii, or (``knobs_at_once="worst"``) only the worst single knob. ``method="plain"``
-    is one pass with the same estimator and base optimizer: the baseline.
+    is one pass with the same estimator and base optimizer: the baseline; ``method="noise"``
+    takes that pass at controls plus the step's noise and updates the clean controls.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  optimizer: torch.optim.Optimizer, method: str = "sat", knobs_at_once: str = "all") -> None:
-        if method not in ("sat", "plain"):
-            raise ValueError(f"method must be 'sat' or 'plain', got {method!r}")
+        if method not in ("sat", "plain", "noise"):
+            raise ValueError(f"method must be 'sat', 'plain' or 'noise', got {method!r}")
         if (method == "sat") != isinstance(optimizer, SAM):
             raise TypeError("method 'sat' needs a satlab.optim.SAM optimizer, 'plain' a base optimizer")
         if knobs_at_once not in ("all", "worst"):
@@ -54,12 +55,15 @@ class SatController:
         return [layer.alignment_ascent(only=int(np.argmax(rise[i]))) if i == worst
                 else np.zeros(len(layer.backend.knobs)) for i, layer in enumerate(knobbed)]
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, knob_fraction: float = 1.0
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One update on a batch; returns the loss and logits at the unperturbed point. The
-        knobs' offsets are their ascent times ``knob_fraction``."""
+    def step(self, x: torch.Tensor, y: torch.Tensor, knob_fraction: float = 1.0,
+             noise: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update on a batch; returns the loss and logits at the unperturbed point (for
+        method noise: at the noisy one). The knobs' offsets are their ascent times
+        ``knob_fraction``; ``noise`` (method noise) is added to each physical layer's controls."""
         self.model.train()
         self.optimizer.zero_grad()
+        if self.method == "noise":
+            return self._noisy_step(x, y, noise)
         knobbed = [layer for layer in self.physical
                    if self.method == "sat" and layer.alignment_radius.any()]
         for layer in knobbed:
@@ -85,6 +89,27 @@ class SatController:
         else:
             self.optimizer.step()
             self.optimizer.zero_grad()
+        for layer in self.physical:
+            layer.project()
+        return loss, logits
+
+    def _noisy_step(self, x: torch.Tensor, y: torch.Tensor, noise: list[torch.Tensor] | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if noise is None or len(noise) != len(self.physical):
+            raise ValueError("method noise needs one noise vector per physical layer")
+        clean = [layer.controls.detach().clone() for layer in self.physical]
+        try:
+            with torch.no_grad():
+                for layer, n in zip(self.physical, noise, strict=True):
+                    layer.controls.add_(n.to(layer.controls.dtype))
+                    layer.project()  # noise never takes a control past its limits
+            loss, logits = self._pass(x, y)  # the gradient at the noisy controls
+        finally:
+            with torch.no_grad():  # the update applies to the clean controls
+                for layer, c in zip(self.physical, clean, strict=True):
+                    layer.controls.copy_(c)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
         for layer in self.physical:
             layer.project()
         return loss, logits

@@ -24,6 +24,7 @@ from satlab.estimators import ESTIMATORS, GradientEstimator
 from satlab.evaluation import imperfection_sweep
 from satlab.network import HybridNet
 from satlab.optim import SAM, WSAM
+from satlab.physical_layer import PhysicalLayer
 from satlab.rig import Rig
 from satlab.rigfile import RigSpec
 from satlab.sat import SatController
@@ -168,6 +169,13 @@ def knob_fraction(t: TrainingConfig, step: int) -> float:
     return 1.0 - float(np.random.default_rng([t.seed, step]).random())
 
 
+def control_noise(t: TrainingConfig, step: int, layers: list[PhysicalLayer]) -> list[torch.Tensor]:
+    """Method noise's draw for a step, one vector per physical layer: from the seed and the
+    step only, so a resumed run draws the same."""
+    rng = np.random.default_rng([t.seed, step, 1])
+    return [torch.from_numpy(rng.standard_normal(layer.controls.numel()) * t.noise_std) for layer in layers]
+
+
 def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method: str,
                  rig_start: dict, progress: bool = True, weights: dict | None = None) -> dict:
     """Train one method (sat or plain) in ``run_dir/method``, resuming from its checkpoint.
@@ -215,8 +223,10 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
             order = epoch_order(n, t.seed, epoch)
             for step in range(start_step, steps):
                 idx = order[step * t.batch_size:(step + 1) * t.batch_size]
+                at = epoch * steps + step
+                noise = control_noise(t, at, tr.model.physical) if method == "noise" else None
                 loss, logits = tr.controller.step(data.train_x[idx], data.train_y[idx],
-                                                  knob_fraction(t, epoch * steps + step))
+                                                  knob_fraction(t, at), noise)
                 acc = (logits.argmax(1) == data.train_y[idx]).float().mean().item()
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}", queries=tr.rig_queries,

@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 
+import pytest
 import torch
 import yaml
 from conftest import TWO_LAYER_RIG, kill_at_first_checkpoint, tiny_config, write_yaml
@@ -22,18 +23,19 @@ def columns(path):
         return [[row[k] for k in DETERMINISTIC] for row in csv.DictReader(f)]
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
-    cfg = tiny_config(TWO_LAYER_RIG, methods=["sat"], epochs=2, checkpoint_every=3)
+@pytest.mark.parametrize("method", ["sat", "noise"])  # noise: its draws survive the kill too
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, method):
+    cfg = tiny_config(TWO_LAYER_RIG, methods=[method], epochs=2, checkpoint_every=3, noise_std=2e-4)
     cfg["estimator"] = {"name": "finite_difference"}  # slow enough per step to be killed mid-run
     path = write_yaml(tmp_path / "tiny.yaml", cfg)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
 
     proc = train(path, "--run-dir", killed)
-    ckpt = killed / "sat" / "checkpoint.pt"
+    ckpt = killed / method / "checkpoint.pt"
     kill_at_first_checkpoint(proc, ckpt)
     assert proc.returncode == -signal.SIGKILL
     state = checkpoint.load(ckpt)
-    assert not state["done"] and not (killed / "sat" / "summary.json").exists()
+    assert not state["done"] and not (killed / method / "summary.json").exists()
     assert 0 < state["epoch"] * 5 + state["step"] < 10  # 2 epochs of 5 steps: killed mid-run
 
     resumed = train("--resume", killed)
@@ -42,13 +44,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err
 
-    a, b = checkpoint.load(whole / "sat" / "checkpoint.pt"), checkpoint.load(ckpt)
+    a, b = checkpoint.load(whole / method / "checkpoint.pt"), checkpoint.load(ckpt)
     assert a["done"] and b["done"]
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
-    assert columns(whole / "sat" / "metrics.csv") == columns(killed / "sat" / "metrics.csv")
-    sa = json.loads((whole / "sat" / "summary.json").read_text())
-    sb = json.loads((killed / "sat" / "summary.json").read_text())
+    assert columns(whole / method / "metrics.csv") == columns(killed / method / "metrics.csv")
+    sa = json.loads((whole / method / "summary.json").read_text())
+    sb = json.loads((killed / method / "summary.json").read_text())
     assert sa["drift_sweep"] == sb["drift_sweep"] and sa["rig_queries"] == sb["rig_queries"]
 
 

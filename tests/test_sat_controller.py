@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from conftest import bank_rig
 from torch import nn
@@ -125,3 +126,26 @@ def test_initial_currents_reach_their_target_weights_on_the_rising_branch():
     assert torch.allclose(reached[reachable], target[reachable], atol=1e-6)
     assert torch.allclose(reached[~reachable], lowest[~reachable], atol=1e-3)  # nearest possible
     assert bool((currents >= resonance - 1e-4).all())  # on the rising branch
+
+
+def test_noise_method_takes_the_gradient_at_noisy_controls_and_updates_the_clean_ones():
+    from satlab.estimators import TwinAutograd
+
+    spec = RigSpec.model_validate(bank_rig(rows=3, cols=4))
+    with Rig(spec) as rig:
+        backend = MrrLayerBackend(rig, spec.system.layers[0])
+        clean = torch.full((12,), 0.01, dtype=torch.float64)
+        layer = PhysicalLayer(backend, TwinAutograd(), clean)
+        x = torch.rand(5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        noise = torch.randn(12, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1e-3
+        loss_fn = lambda out, _y: out.pow(2).sum()
+        # by hand: the twin's gradient at clean + noise, one SGD step from clean
+        at = (clean + noise).requires_grad_(True)
+        loss_fn(backend.twin(x, at), None).backward()
+        controller = SatController(nn.Sequential(layer), loss_fn,
+                                   torch.optim.SGD([layer.controls], lr=1e-6), "noise")
+        loss, _ = controller.step(x, torch.zeros(5), noise=[noise])
+        assert float(loss) == pytest.approx(float(loss_fn(backend.twin(x, clean + noise), None)))
+        assert torch.allclose(layer.controls.detach(), clean - 1e-6 * at.grad, rtol=1e-12, atol=0)
+        with pytest.raises(ValueError, match="noise vector"):
+            controller.step(x, torch.zeros(5))
