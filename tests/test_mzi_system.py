@@ -170,3 +170,16 @@ def test_a_layer_that_does_not_fit_its_mesh_is_refused_before_training(tmp_path)
     with pytest.raises(ConfigError) as err, Rig(load_rig_file(path), path):
         pass
     assert err.value.field == "system.layers.0.in_features" and "6 modes" in str(err.value)
+
+
+def test_training_keeps_the_heaters_inside_the_source_power_budget(tmp_path):
+    path = small_rig(tmp_path)
+    rig = yaml.safe_load(path.read_text())
+    rig["instruments"]["heaters"]["limits"]["max_total_power"] = 0.3  # W over 64 heaters
+    path = write_yaml(tmp_path / "tight.yaml", rig)
+    with opened(path) as (_, layer):
+        controls = layer.initial_controls(torch.Generator().manual_seed(0), 1.0)
+        assert float(controls.pow(2).sum()) * 500 > 0.3  # random phases need more
+        layer.project(controls)
+        assert float(controls.pow(2).sum()) * 500 <= 0.3
+        assert float(controls.min()) >= 0

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 
 from satlab import registry
-from satlab.rig import Rig, RigError
+from satlab.rig import Rig
 from satlab.rigfile import PluginSpec, Strict, SystemSpec
 from satlab.systems.protocol import ControlSpace, Imperfection, LayerBackend, System
 from satlab.validation import ConfigError
@@ -101,7 +101,6 @@ class MrrLayerBackend(LayerBackend):
         self.channels = None if identity else np.asarray(channels)  # None: write all at once
         self.control_outputs = np.repeat(np.arange(spec.out_features), spec.in_features)
         limits = guard.limits
-        self.max_sum_sq: float | None = None  # this layer's share of the source's I^2 budget
         if limits.max_total_power is not None:
             sharing = sum(layer.in_features * layer.out_features
                           for layer in rig.spec.system.layers if layer.heaters == spec.heaters)
@@ -119,28 +118,6 @@ class MrrLayerBackend(LayerBackend):
                                       self.channels, inputs)
         self._loaded = (x, x._version)
         return np.divide(power, self.full_scale_W, out=power)  # a new array: scale in place
-
-    def project(self, controls: torch.Tensor, margin: float = 0.0) -> None:
-        """Move currents in place into the applicable range: the box and the power budget.
-
-        ``margin`` is room for the estimator's probes: every control stays margin
-        inside its box, and a probe of +-margin on every control at once (SPSA)
-        still fits the power budget.
-        """
-        lo, hi = self.controls.lower + margin, self.controls.upper - margin
-        with torch.no_grad():
-            controls.clamp_(lo, hi)
-            if self.max_sum_sq is None:
-                return
-            budget = (self.max_sum_sq ** 0.5 - margin * self.n_controls ** 0.5) ** 2
-            if float(lo.pow(2).sum()) > budget:
-                raise RigError(f"{self.rig.path}: layer {self.spec.name}: the power limit leaves no "
-                               f"room for currents of at least {margin:g} A on every ring")
-            for _ in range(20):  # scale into the budget; re-clamping can add a little back
-                total = float(controls.pow(2).sum())
-                if total <= budget:
-                    return
-                controls.mul_((budget / total) ** 0.5 * (1 - 1e-9)).clamp_(lo, hi)
 
     def initial_controls(self, generator: torch.Generator, scale: float) -> torch.Tensor:
         """Currents on the rising branch whose weights are uniform in [-scale, scale]."""

@@ -49,8 +49,11 @@ class MziLayerBackend(LayerBackend):
         self.rig, self.spec, self.name, self.twin = rig, spec, spec.name, twin
         self.in_features, self.out_features = spec.in_features, spec.out_features
         self.full_scale_W = rig.modulator(spec.inputs).full_scale_W
-        upper = torch.as_tensor(rig.guards[spec.heaters].max_current, dtype=torch.float64)
+        guard = rig.guards[spec.heaters]
+        upper = torch.as_tensor(guard.max_current, dtype=torch.float64)
         self.controls = ControlSpace("heater current", "A", torch.zeros_like(upper), upper)
+        if guard.limits.max_total_power is not None:  # the source drives this mesh alone
+            self.max_sum_sq = guard.limits.max_total_power / guard.limits.heater_resistance_ohm
         self._loaded: tuple[torch.Tensor, int] | None = None
 
     def measure(self, x: torch.Tensor, settings: np.ndarray) -> np.ndarray:

@@ -123,6 +123,10 @@ class LayerBackend(ABC):
     # use it to read each output's own slope from a simultaneous perturbation.
     control_outputs: np.ndarray | None = None
 
+    # Heater-driven layers: their share of the source's power budget as a sum of I^2
+    # (max_total_power / heater resistance); None: no budget.
+    max_sum_sq: float | None = None
+
     # Alignment axes (stages, mounts) that move this layer's light; SAT's ascent can move
     # them. Positions are offsets from the aligned position, all 0 between steps.
     knobs: tuple[AlignmentKnob, ...] = ()
@@ -183,9 +187,26 @@ class LayerBackend(ABC):
         return torch.from_numpy(self.query(x, controls.detach().numpy()))
 
     def project(self, controls: torch.Tensor, margin: float = 0.0) -> None:
-        """Move controls in place into their bounds, ``margin`` inside (room for probes)."""
+        """Move controls in place into their bounds, ``margin`` inside (room for probes), and
+        into the layer's power budget if it has one (``max_sum_sq``): a probe of +-margin on
+        every control at once (SPSA) still fits it."""
+        lo, hi = self.controls.lower + margin, self.controls.upper - margin
         with torch.no_grad():
-            controls.clamp_(self.controls.lower + margin, self.controls.upper - margin)
+            controls.clamp_(lo, hi)
+            if self.max_sum_sq is None:
+                return
+            budget = (self.max_sum_sq ** 0.5 - margin * self.n_controls ** 0.5) ** 2
+            if float(lo.pow(2).sum()) > budget:
+                # imported here: the rig imports the systems, not the reverse
+                from satlab.rig import RigError
+
+                raise RigError(f"{self.rig.path}: layer {self.name}: the power limit leaves no "
+                               f"room for currents of at least {margin:g} A on every heater")
+            for _ in range(20):  # scale into the budget; re-clamping can add a little back
+                total = float(controls.pow(2).sum())
+                if total <= budget:
+                    return
+                controls.mul_((budget / total) ** 0.5 * (1 - 1e-9)).clamp_(lo, hi)
 
     def weights_of(self, controls: torch.Tensor) -> torch.Tensor | None:
         """The layer's weights (out, in) at these controls; None: the layer has no weights."""
