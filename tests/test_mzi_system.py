@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -183,3 +184,28 @@ def test_training_keeps_the_heaters_inside_the_source_power_budget(tmp_path):
         layer.project(controls)
         assert float(controls.pow(2).sum()) * 500 <= 0.3
         assert float(controls.min()) >= 0
+
+
+def test_sat_in_situ_trains_on_the_device_and_sweeps_its_errors(tmp_path):
+    rig = yaml.safe_load(small_rig(tmp_path, outputs=8).read_text())
+    rig["resources"]["mesh"]["options"].update(modes=10, outputs=10, sigma_bs=0.1, sigma_phase=0.1)
+    rig["system"]["layers"][0].update(in_features=10, out_features=10)
+    rig["system"]["layers"][0]["twin"]["options"].update(modes=10, outputs=10)
+    rig_path = write_yaml(tmp_path / "mzi10.yaml", rig)
+    config = yaml.safe_load((SHIPPED.parent / "mzi-sat.yaml").read_text())
+    config.update(rig=str(rig_path), data={"train_per_class": 2, "test_per_class": 1})
+    config["model"]["physical"] = [10, 10]
+    config["training"].update(epochs=1, batch_size=10, methods=["sat"])
+    path = write_yaml(tmp_path / "cfg.yaml", config)
+    run = tmp_path / "run"
+    done = subprocess.run([SATLAB, "train", str(path), "--run-dir", str(run), "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((run / "sat" / "summary.json").read_text())
+    assert summary["rig_queries"] == 2 * 2  # two steps, SAT's two device passes each
+    swept = subprocess.run([SATLAB, "evaluate", str(run), "--sweep", "sigma_bs=0,0.1", "--draws", "2"],
+                           capture_output=True, text=True, timeout=600)
+    assert swept.returncode == 0, swept.stderr
+    sweep = json.loads((run / "sat" / "sweep-sigma_bs.json").read_text())
+    assert [r["sigma_bs"] for r in sweep["rows"]] == [0.0, 0.1]
+    assert all(len(r["draw_accuracies"]) == 2 for r in sweep["rows"])

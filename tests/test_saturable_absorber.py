@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -174,3 +175,24 @@ def test_bad_network_options_name_their_field(tmp_path, change, field):
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert field in line and str(path) in line
+
+
+def test_the_network_trains_in_silico_and_is_scored_on_the_bench(tmp_path):
+    rig = yaml.safe_load(SHIPPED.read_text())
+    for where in (rig["resources"]["onn"]["options"], rig["system"]["layers"][0]["twin"]["options"]):
+        where.update(sizes=[16, 8, 8, 10])
+    rig["system"]["layers"][0].update(in_features=16)
+    rig_path = write_yaml(tmp_path / "sa16.yaml", rig)
+    config = yaml.safe_load((SHIPPED.parent / "sa-onn.yaml").read_text())
+    config.update(rig=str(rig_path), data={"train_per_class": 2, "test_per_class": 1})
+    config["model"]["physical"] = [16, 10]
+    config["training"].update(epochs=1, batch_size=10, methods=["sat"])
+    run = tmp_path / "run"
+    done = subprocess.run([SATLAB, "train", str(write_yaml(tmp_path / "cfg.yaml", config)), "--run-dir",
+                           str(run), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((run / "sat" / "summary.json").read_text())
+    assert summary["rig_queries"] == 0  # in silico: the bench only scores
+    assert summary["test_images"] == 10
+    weights = torch.load(run / "sat" / "checkpoint.pt", weights_only=False)["model"]["physical.0.controls"]
+    assert weights.shape == (16 * 8 + 8 * 8 + 8 * 10,) and float(weights.abs().max()) <= 1
