@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,23 @@ def freespace_config(tmp_path: Path, rig: Path = FREESPACE_RIG, **training) -> P
         "estimator": {"name": "physics_aware"},
         "training": {"methods": ["sat"], "epochs": 1, "batch_size": 20, "lr_controls": 0.01,
                      "lr_digital": 0.01, "rho": 0.1, "adaptive": False, **training}})
+
+
+@contextmanager
+def opened_layer(path: Path):
+    """A rig file's rig, open, and its one physical layer's backend."""
+    from satlab.rig import Rig
+    from satlab.rigfile import load_rig_file
+    from satlab.systems import system_for
+
+    spec = load_rig_file(path)
+    with Rig(spec, path) as rig:
+        (layer,) = system_for(spec, path).build_layers(rig)
+        yield rig, layer
+
+
+def random_inputs(batch: int, size: int, seed: int = 0):
+    """Inputs uniform in [0, 1), (batch, size), float64."""
+    import torch
+
+    return torch.rand(batch, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

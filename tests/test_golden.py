@@ -15,16 +15,14 @@ any machine, not only the one that wrote it.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+import golden_harness
 from conftest import TWO_LAYER_RIG, tiny_config, write_yaml
 
 from satlab.config import load_config
@@ -71,41 +69,15 @@ def run_case(tmp: Path, estimator: dict, method: str, noise_W: float) -> dict:
         }
 
 
-REPRODUCIBLE = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1",
-                "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-
-
-def run_reproducibly(case: str, tmp: Path) -> dict:
-    """run_case in a fresh process with processor-independent arithmetic."""
-    result = subprocess.run([sys.executable, __file__, "--case", case, str(tmp)],
-                            env={**os.environ, **REPRODUCIBLE}, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.splitlines()[-1])
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_mrr_numbers_match_main_before_the_protocol(case, tmp_path):
     expected = json.loads(GOLDEN.read_text())[case]
-    got = run_reproducibly(case, tmp_path)
+    got = golden_harness.run_reproducibly(__file__, case, tmp_path)
     assert got["rig_queries"] == expected["rig_queries"]
     assert got["accuracy"] == expected["accuracy"]
     for key in ("losses", "control_sums", "control_sq_sums"):
         assert got[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-15), key
 
 
-if __name__ == "__main__" and "--case" in sys.argv:
-    torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False
-    case, tmp = sys.argv[sys.argv.index("--case") + 1:][:2]
-    print(json.dumps(run_case(Path(tmp), *CASES[case])))
-
-if __name__ == "__main__" and "--write" in sys.argv:
-    import tempfile
-
-    out = {}
-    for case in sorted(CASES):
-        with tempfile.TemporaryDirectory() as tmp:
-            out[case] = run_reproducibly(case, Path(tmp))
-            print(case, out[case])
-    GOLDEN.write_text(json.dumps(out, indent=1) + "\n")
+if __name__ == "__main__":
+    golden_harness.main(__file__, CASES, run_case, GOLDEN)

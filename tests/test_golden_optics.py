@@ -9,8 +9,6 @@ a fresh process with processor-independent arithmetic, as in test_golden.py.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,8 +16,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+import golden_harness
 from conftest import write_yaml
-from test_golden import REPRODUCIBLE
 
 from satlab.config import load_config
 from satlab.data import load_offline_mnist
@@ -72,37 +70,15 @@ def run_case(tmp: Path, rig_name: str, model: dict, rho_alignment: dict,
             "swept_accuracy": swept[0]["accuracy"]}
 
 
-def run_reproducibly(case: str, tmp: Path) -> dict:
-    """run_case in a fresh process with processor-independent arithmetic."""
-    result = subprocess.run([sys.executable, __file__, "--case", case, str(tmp)],
-                            env={**os.environ, **REPRODUCIBLE}, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.splitlines()[-1])
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_optics_numbers_match_the_commit_before_simulators_were_grouped(case, tmp_path):
     expected = json.loads(GOLDEN.read_text())[case]
-    got = run_reproducibly(case, tmp_path)
+    got = golden_harness.run_reproducibly(__file__, case, tmp_path)
     assert got["rig_queries"] == expected["rig_queries"]
     assert got["swept_accuracy"] == expected["swept_accuracy"]
     for key in ("losses", "control_sums", "control_sq_sums", "outputs"):
         assert got[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-15), key
 
 
-if __name__ == "__main__" and "--case" in sys.argv:
-    torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False
-    case, tmp = sys.argv[sys.argv.index("--case") + 1:][:2]
-    print(json.dumps(run_case(Path(tmp), *CASES[case])))
-
-if __name__ == "__main__" and "--write" in sys.argv:
-    import tempfile
-
-    out = {}
-    for case in sorted(CASES):
-        with tempfile.TemporaryDirectory() as tmp:
-            out[case] = run_reproducibly(case, Path(tmp))
-            print(case, out[case]["losses"], out[case]["rig_queries"], out[case]["swept_accuracy"])
-    GOLDEN.write_text(json.dumps(out, indent=1) + "\n")
+if __name__ == "__main__":
+    golden_harness.main(__file__, CASES, run_case, GOLDEN)

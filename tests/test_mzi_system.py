@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 
@@ -15,13 +14,12 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import SATLAB, write_yaml
+from conftest import SATLAB, opened_layer, random_inputs, write_yaml
 
 from satlab.estimators import FiniteDifference, Spsa
 from satlab.evaluation import imperfection_sweep
 from satlab.rig import Rig
 from satlab.rigfile import load_rig_file
-from satlab.systems import system_for
 from satlab.validation import ConfigError
 
 SHIPPED = Path(str(files("satlab.configs"))) / "mzi-sim.yaml"
@@ -37,23 +35,10 @@ def small_rig(tmp_path: Path, modes: int = 8, outputs: int = 4, **bench) -> Path
     return write_yaml(tmp_path / "mzi.yaml", rig)
 
 
-@contextmanager
-def opened(path: Path):
-    """The rig open, and its one layer."""
-    spec = load_rig_file(path)
-    with Rig(spec, path) as rig:
-        (layer,) = system_for(spec, path).build_layers(rig)
-        yield rig, layer
-
-
-def inputs(batch: int, modes: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(batch, modes, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
 def test_the_bench_through_its_instruments_equals_the_twin_bit_for_bit(tmp_path):
-    with opened(small_rig(tmp_path)) as (rig, layer):
+    with opened_layer(small_rig(tmp_path)) as (rig, layer):
         assert layer.n_controls == 8 * 7 + 8  # theta and phi of 28 MZIs, 8 output phases
-        x = inputs(5, 8)
+        x = random_inputs(5, 8)
         controls = layer.initial_controls(torch.Generator().manual_seed(1), 1.0)
         assert np.array_equal(layer.query(x, controls.numpy()), layer.twin(x, controls).numpy())
         # a stack of vectors in one call: each row as the twin gives it (vectorised
@@ -67,8 +52,8 @@ def test_the_bench_through_its_instruments_equals_the_twin_bit_for_bit(tmp_path)
 
 
 def test_power_is_conserved_on_the_detected_ports_and_beyond(tmp_path):
-    with opened(small_rig(tmp_path, outputs=8)) as (rig, layer):
-        x = inputs(4, 8)
+    with opened_layer(small_rig(tmp_path, outputs=8)) as (rig, layer):
+        x = random_inputs(4, 8)
         controls = layer.initial_controls(torch.Generator().manual_seed(2), 1.0)
         out = layer.query(x, controls.numpy())
         # a lossless mesh: all ports together carry the input's power (amplitude^2)
@@ -76,7 +61,7 @@ def test_power_is_conserved_on_the_detected_ports_and_beyond(tmp_path):
 
 
 def test_the_device_errors_are_one_fixed_draw_with_the_declared_spread(tmp_path):
-    with opened(small_rig(tmp_path, modes=64, outputs=10, sigma_bs=0.15, sigma_phase=0.1)) as (rig, layer):
+    with opened_layer(small_rig(tmp_path, modes=64, outputs=10, sigma_bs=0.15, sigma_phase=0.1)) as (rig, layer):
         bench = rig.resources["mesh"]
         e = torch.cat([bench.mesh.errors["e1"], bench.mesh.errors["e2"]])
         assert e.numel() == 2 * 2016
@@ -86,7 +71,7 @@ def test_the_device_errors_are_one_fixed_draw_with_the_declared_spread(tmp_path)
         phase = bench.mesh.errors["phase"]
         assert float(phase[2 * 2016:].abs().max()) == 0  # output phases: none
         assert abs(float(phase[:2 * 2016].std()) - 0.1) < 4 * 0.1 / np.sqrt(2 * 4032)
-        x = inputs(3, 64)
+        x = random_inputs(3, 64)
         controls = layer.initial_controls(torch.Generator().manual_seed(0), 1.0)
         device = layer.query(x, controls.numpy())
         assert not np.allclose(device, layer.twin(x, controls).numpy(), atol=1e-3)  # the twin is ideal
@@ -100,7 +85,7 @@ def test_the_device_errors_are_one_fixed_draw_with_the_declared_spread(tmp_path)
 
 
 def test_imperfection_sweeps_cover_the_errors_and_crosstalk(tmp_path):
-    with opened(small_rig(tmp_path)) as (rig, layer):
+    with opened_layer(small_rig(tmp_path)) as (rig, layer):
         from torch import nn
 
         from satlab.estimators import PhysicsAware
@@ -108,7 +93,7 @@ def test_imperfection_sweeps_cover_the_errors_and_crosstalk(tmp_path):
 
         controls = layer.initial_controls(torch.Generator().manual_seed(3), 1.0)
         model = nn.Sequential(PhysicalLayer(layer, PhysicsAware(), controls)).eval()
-        x = inputs(40, 8, seed=5)
+        x = random_inputs(40, 8, seed=5)
         with torch.no_grad():
             y = model(x).argmax(1)  # labels the error-free mesh gets right
         rows = imperfection_sweep(model, rig, x, y, [("sigma_phase", [0.0, 0.5])], draws=2,
@@ -121,8 +106,8 @@ def test_imperfection_sweeps_cover_the_errors_and_crosstalk(tmp_path):
 
 @pytest.mark.parametrize("estimator", ["fd", "spsa"])
 def test_perturbative_gradients_on_a_small_mesh_agree_with_autograd(tmp_path, estimator):
-    with opened(small_rig(tmp_path)) as (rig, layer):
-        x = inputs(6, 8)
+    with opened_layer(small_rig(tmp_path)) as (rig, layer):
+        x = random_inputs(6, 8)
         controls = layer.initial_controls(torch.Generator().manual_seed(4), 1.0)
         grad_out = torch.randn(6, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
         c = controls.clone().requires_grad_(True)
@@ -178,7 +163,7 @@ def test_training_keeps_the_heaters_inside_the_source_power_budget(tmp_path):
     rig = yaml.safe_load(path.read_text())
     rig["instruments"]["heaters"]["limits"]["max_total_power"] = 0.3  # W over 64 heaters
     path = write_yaml(tmp_path / "tight.yaml", rig)
-    with opened(path) as (_, layer):
+    with opened_layer(path) as (_, layer):
         controls = layer.initial_controls(torch.Generator().manual_seed(0), 1.0)
         assert float(controls.pow(2).sum()) * 500 > 0.3  # random phases need more
         layer.project(controls)

@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 
@@ -21,12 +20,9 @@ from satlab.simulators.saturable_absorber.absorber import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import SATLAB, write_yaml
+from conftest import SATLAB, opened_layer, random_inputs, write_yaml
 
 from satlab.estimators import FiniteDifference
-from satlab.rig import Rig
-from satlab.rigfile import load_rig_file
-from satlab.systems import system_for
 
 SHIPPED = Path(str(files("satlab.configs"))) / "sa-onn-sim.yaml"
 
@@ -91,23 +87,10 @@ def small_rig(tmp_path: Path, **options) -> Path:
     return write_yaml(tmp_path / "sa.yaml", rig)
 
 
-@contextmanager
-def opened(path: Path):
-    """The rig open, and its network's backend."""
-    spec = load_rig_file(path)
-    with Rig(spec, path) as rig:
-        (layer,) = system_for(spec, path).build_layers(rig)
-        yield rig, layer
-
-
-def inputs(batch: int, size: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(batch, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
 def test_the_bench_through_its_instruments_equals_the_twin_bit_for_bit(tmp_path):
-    with opened(small_rig(tmp_path)) as (rig, layer):
+    with opened_layer(small_rig(tmp_path)) as (rig, layer):
         assert layer.n_controls == 16 * 8 + 8 * 8 + 8 * 3
-        x = inputs(4, 16)
+        x = random_inputs(4, 16)
         w = layer.initial_controls(torch.Generator().manual_seed(1), 1.0)
         got = layer.query(x, w.numpy())
         # the modulator shows (w + 1)/2 and transmits 2L - 1: exact for these levels
@@ -120,8 +103,8 @@ def test_the_bench_through_its_instruments_equals_the_twin_bit_for_bit(tmp_path)
 
 
 def test_a_drifting_cell_changes_the_outputs_and_a_reset_restores_them(tmp_path):
-    with opened(small_rig(tmp_path)) as (rig, layer):
-        x = inputs(4, 16, seed=2)
+    with opened_layer(small_rig(tmp_path)) as (rig, layer):
+        x = random_inputs(4, 16, seed=2)
         w = layer.initial_controls(torch.Generator().manual_seed(3), 1.0).numpy()
         before = layer.query(x, w)
         rig.set_imperfection("od_scale", 0.8)
@@ -134,8 +117,8 @@ def test_a_drifting_cell_changes_the_outputs_and_a_reset_restores_them(tmp_path)
 
 
 def test_finite_differences_on_the_bench_match_the_exact_gradient(tmp_path):
-    with opened(small_rig(tmp_path, gradient="exact")) as (rig, layer):
-        x = inputs(5, 16, seed=4)
+    with opened_layer(small_rig(tmp_path, gradient="exact")) as (rig, layer):
+        x = random_inputs(5, 16, seed=4)
         w = layer.initial_controls(torch.Generator().manual_seed(5), 0.9)
         grad_out = torch.randn(5, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
         c = w.clone().requires_grad_(True)
@@ -147,8 +130,8 @@ def test_finite_differences_on_the_bench_match_the_exact_gradient(tmp_path):
 
 
 def test_the_optical_derivative_points_the_way_the_exact_one_does(tmp_path):
-    with opened(small_rig(tmp_path)) as (rig, layer):  # the shipped twin: optical derivative
-        x = inputs(8, 16, seed=7)
+    with opened_layer(small_rig(tmp_path)) as (rig, layer):  # the shipped twin: optical derivative
+        x = random_inputs(8, 16, seed=7)
         w = layer.initial_controls(torch.Generator().manual_seed(8), 0.9)
         grad_out = torch.randn(8, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
         grads = []

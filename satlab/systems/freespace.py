@@ -105,17 +105,10 @@ class IncoherentFreeSpace(System):
 
     def check(self) -> None:
         """Instruments exist with the right kinds; each layer has its own; twins are modules."""
-        used: dict[str, str] = {}
+        self.require_own_instruments((("weights", "input_modulator"), ("inputs", "input_modulator"),
+                                      ("camera", "camera")))
         for i, layer in enumerate(self.spec.layers):
             where = f"system.layers.{i}"
-            for role, kind in (("weights", "input_modulator"), ("inputs", "input_modulator"),
-                               ("camera", "camera")):
-                name = getattr(layer, role)
-                self.require_instrument(f"{where}.{role}", name, kind)
-                if name in used:
-                    raise ConfigError(self.path, f"{where}.{role}", f"{name!r} is already used by "
-                                                                    f"{used[name]}; each layer needs its own")
-                used[name] = f"{where}.{role}"
             self.require_knobs(f"{where}.alignment", layer.alignment)
             self.require_twin(f"{where}.twin", layer.twin)
         knobs = self.knob_names()

@@ -87,18 +87,10 @@ class MziMeshSystem(System):
 
     def check(self) -> None:
         """Instruments exist with the right kinds; each layer has its own."""
-        used: dict[str, str] = {}
+        self.require_own_instruments((("heaters", "current_source"), ("inputs", "input_modulator"),
+                                      ("detector", "photodetector")))
         for i, layer in enumerate(self.spec.layers):
-            where = f"system.layers.{i}"
-            for role, kind in (("heaters", "current_source"), ("inputs", "input_modulator"),
-                               ("detector", "photodetector")):
-                name = getattr(layer, role)
-                self.require_instrument(f"{where}.{role}", name, kind)
-                if name in used:
-                    raise ConfigError(self.path, f"{where}.{role}", f"{name!r} is already used by "
-                                      f"layer {used[name]}; each mesh needs its own {kind}")
-                used[name] = layer.name
-            self.require_twin(f"{where}.twin", layer.twin)
+            self.require_twin(f"system.layers.{i}.twin", layer.twin)
 
     def check_open(self, rig: Rig) -> None:
         """Modes, ports and heaters match the instruments and the twin."""

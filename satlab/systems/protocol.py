@@ -245,6 +245,19 @@ class System(ABC):
         if instruments[name].kind != kind:
             raise ConfigError(self.path, field, f"{name!r} must be a {kind}")
 
+    def require_own_instruments(self, roles: tuple[tuple[str, str], ...]) -> None:
+        """ConfigError unless every layer's instrument of each (role, kind) exists with that
+        kind and no two roles or layers share one."""
+        used: dict[str, str] = {}
+        for i, layer in enumerate(self.spec.layers):
+            for role, kind in roles:
+                field, name = f"system.layers.{i}.{role}", getattr(layer, role)
+                self.require_instrument(field, name, kind)
+                if name in used:
+                    raise ConfigError(self.path, field, f"{name!r} is already used by {used[name]}; "
+                                      "each layer needs its own")
+                used[name] = field
+
     def require_knobs(self, field: str, knobs: list[AlignmentKnobSpec]) -> None:
         """ConfigError at ``field`` unless every knob names its own positioner and one of
         the system's alignment axes."""

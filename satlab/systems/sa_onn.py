@@ -89,13 +89,9 @@ class SaOnnSystem(System):
 
     def check(self) -> None:
         """Instruments exist with the right kinds and are distinct."""
-        layer = self.spec.layers[0]
-        roles = (("weights", "input_modulator"), ("inputs", "input_modulator"), ("detector", "photodetector"))
-        for role, kind in roles:
-            self.require_instrument(f"system.layers.0.{role}", getattr(layer, role), kind)
-        if layer.weights == layer.inputs:
-            raise ConfigError(self.path, "system.layers.0.inputs", "the inputs need their own modulator")
-        self.require_twin("system.layers.0.twin", layer.twin)
+        self.require_own_instruments((("weights", "input_modulator"), ("inputs", "input_modulator"),
+                                      ("detector", "photodetector")))
+        self.require_twin("system.layers.0.twin", self.spec.layers[0].twin)
 
     def check_open(self, rig: Rig) -> None:
         """Inputs, outputs and weights match the instruments and the twin's network."""
