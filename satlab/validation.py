@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import types
 import typing
@@ -52,6 +53,13 @@ def require_count(name: str, value: object, lowest: int, highest: int | None = N
             lowest, f"an integer from {lowest}")
         bound = f" up to {highest}" if highest is not None else ""
         raise OptionError(name, f"expected {kind}{bound}, got {value!r}")
+
+
+def require_number(name: str, value: object, low: float, high: float = math.inf) -> float:
+    """``value`` as a float; OptionError unless it is a number in [low, high]."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high):
+        raise OptionError(name, f"expected a number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
 
 
 def require_seconds(name: str, value: object, longest: float = 600.0) -> None:

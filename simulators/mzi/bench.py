@@ -18,15 +18,9 @@ from satlab.simulators.mzi.mesh import LAYOUTS, HeaterParams, MeshLayout, MziMes
 from satlab.simulators.seeded_noise import SeededNoise
 
 from satlab.instruments import InputModulator, Photodetector
-from satlab.validation import OptionError, require_count
+from satlab.validation import OptionError, require_count, require_number
 
-_HEATER_FIELDS = {f: float for f in HeaterParams.__dataclass_fields__}
-
-
-def _number(name: str, value: object, low: float, high: float = math.inf) -> float:
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high):
-        raise OptionError(name, f"expected a number in [{low:g}, {high:g}], got {value!r}")
-    return float(value)
+_HEATER_FIELDS = tuple(HeaterParams.__dataclass_fields__)
 
 
 def mesh_options(modes: int, outputs: int, layout: str = "rectangular", heaters: dict | None = None,
@@ -37,15 +31,15 @@ def mesh_options(modes: int, outputs: int, layout: str = "rectangular", heaters:
     require_count("outputs", outputs, 1, highest=modes)
     if layout not in LAYOUTS:
         raise OptionError("layout", f"expected one of {', '.join(LAYOUTS)}, got {layout!r}")
-    heaters = dict(heaters or {})
+    heaters = {} if heaters is None else heaters
     if not isinstance(heaters, dict) or set(heaters) - set(_HEATER_FIELDS):
         raise OptionError("heaters", f"expected a mapping of {', '.join(_HEATER_FIELDS)}, got {heaters!r}")
     for name, value in heaters.items():
-        _number(f"heaters.{name}", value, 0.0, 1.0 if name == "crosstalk" else math.inf)
+        require_number(f"heaters.{name}", value, 0.0, 1.0 if name == "crosstalk" else math.inf)
         if name != "crosstalk" and value == 0:
             raise OptionError(f"heaters.{name}", "expected a positive number, got 0")
-    _number("loss_db_per_mzi", loss_db_per_mzi, 0.0, 10.0)
-    _number("input_full_scale_W", input_full_scale_W, 1e-12, 1.0)
+    require_number("loss_db_per_mzi", loss_db_per_mzi, 0.0, 10.0)
+    require_number("input_full_scale_W", input_full_scale_W, 1e-12, 1.0)
     params = HeaterParams(**{k: float(v) for k, v in heaters.items()})
     top = params.efficiency_rad_per_W * params.resistance_ohm * params.max_current_A ** 2
     if top < 2 * math.pi * (1 + 2 * params.crosstalk):
@@ -112,9 +106,9 @@ class MziBench(SeededNoise):
                       error_seed: int = 0, detector_noise_W: float = 0.0, noise_seed: int = 0) -> None:
         """Validate rig-file options without building a bench."""
         mesh_options(modes, outputs, layout, heaters, loss_db_per_mzi, input_full_scale_W)
-        _number("sigma_bs", sigma_bs, 0.0, 0.3)  # 0.3: a splitting error beyond +-1 becomes likely
-        _number("sigma_phase", sigma_phase, 0.0, math.pi)
-        _number("detector_noise_W", detector_noise_W, 0.0, 1.0)
+        require_number("sigma_bs", sigma_bs, 0.0, 0.3)  # 0.3: a splitting error beyond +-1 becomes likely
+        require_number("sigma_phase", sigma_phase, 0.0, math.pi)
+        require_number("detector_noise_W", detector_noise_W, 0.0, 1.0)
         require_count("error_seed", error_seed, 0, highest=2**32 - 1)
         SeededNoise.check_noise_seed(noise_seed)
 

@@ -24,13 +24,7 @@ from satlab.simulators.saturable_absorber.absorber import GRADIENTS, absorb
 from satlab.simulators.seeded_noise import SeededNoise
 
 from satlab.instruments import InputModulator, Photodetector
-from satlab.validation import OptionError
-
-
-def _number(name: str, value: object, low: float, high: float = math.inf) -> float:
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high):
-        raise OptionError(name, f"expected a number in [{low:g}, {high:g}], got {value!r}")
-    return float(value)
+from satlab.validation import OptionError, require_number
 
 
 class SaOnnModel:
@@ -47,13 +41,13 @@ class SaOnnModel:
         if gradient not in GRADIENTS:
             raise OptionError("gradient", f"expected one of {', '.join(GRADIENTS)}, got {gradient!r}")
         self.sizes, self.nonlinearity, self.gradient = list(sizes), nonlinearity, gradient
-        self.od = _number("od", od, 0.0, 100.0)
+        self.od = require_number("od", od, 0.0, 100.0)
         cells = len(self.sizes) - 2
         i_sat = [i_sat] * cells if isinstance(i_sat, (int, float)) and not isinstance(i_sat, bool) else i_sat
         if not (isinstance(i_sat, list) and len(i_sat) == cells):
             raise OptionError("i_sat", f"expected a number or one per hidden layer ({cells}), got {i_sat!r}")
-        self.i_sat = [_number(f"i_sat.{k}", v, 1e-12) for k, v in enumerate(i_sat)]
-        self.full_scale_W = _number("input_full_scale_W", input_full_scale_W, 1e-12, 1.0)
+        self.i_sat = [require_number(f"i_sat.{k}", v, 1e-12) for k, v in enumerate(i_sat)]
+        self.full_scale_W = require_number("input_full_scale_W", input_full_scale_W, 1e-12, 1.0)
         self.shapes = list(zip(self.sizes[1:], self.sizes[:-1], strict=True))  # (out, in) per layer
 
     @property
@@ -119,7 +113,7 @@ class SaOnnBench(SeededNoise):
     def check_options(noise_seed: int = 0, detector_noise_W: float = 0.0, **options) -> None:
         """Validate rig-file options without building a bench."""
         _model(options)
-        _number("detector_noise_W", detector_noise_W, 0.0, 1.0)
+        require_number("detector_noise_W", detector_noise_W, 0.0, 1.0)
         SeededNoise.check_noise_seed(noise_seed)
 
     def read(self) -> torch.Tensor:
