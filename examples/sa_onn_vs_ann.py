@@ -37,16 +37,16 @@ class Activation(nn.Module):
         return absorb(x, self.od, self.i_sat, "amplitude", self.kind.removeprefix("sa-"))
 
 
-def mlp(kind: str) -> nn.Module:
+def mlp(kind: str, i_sat: float) -> nn.Module:
     """784-128-128-10 with the activation between layers."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), Activation(kind), nn.Linear(128, 128),
-                         Activation(kind), nn.Linear(128, 10))
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), Activation(kind, i_sat=i_sat),
+                         nn.Linear(128, 128), Activation(kind, i_sat=i_sat), nn.Linear(128, 10))
 
 
-def cnn(kind: str) -> nn.Module:
+def cnn(kind: str, i_sat: float) -> nn.Module:
     """Two 5x5 convolutions (16, 32 channels) with 2x2 pooling, then 10 outputs."""
-    return nn.Sequential(nn.Conv2d(1, 16, 5, padding=2), Activation(kind), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 5, padding=2), Activation(kind), nn.MaxPool2d(2),
+    return nn.Sequential(nn.Conv2d(1, 16, 5, padding=2), Activation(kind, i_sat=i_sat), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 5, padding=2), Activation(kind, i_sat=i_sat), nn.MaxPool2d(2),
                          nn.Flatten(), nn.Linear(32 * 7 * 7, 10))
 
 
@@ -77,18 +77,23 @@ def main() -> None:
                         "the 5k offline digits)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--i-sat", type=float, default=1.0, help="the cells' saturation intensity, "
+                        "in the units of the layers' outputs squared (default 1, as the paper)")
+    parser.add_argument("--networks", nargs="+", choices=["mlp", "cnn"], default=["mlp", "cnn"])
     parser.add_argument("--ablations", action="store_true", help="also the zero, unit and negative "
                         "derivatives")
     args = parser.parse_args()
     data = load_dataset("idx" if args.data_dir else "offline", args.data_dir)
     kinds = ["relu", "sa-exact", "sa-optical"] + (["sa-zero", "sa-unit", "sa-negative"] if args.ablations else [])
-    print(f"{len(data.train_y)} train / {len(data.test_y)} test images, {args.epochs} epochs, seed {args.seed}")
+    print(f"{len(data.train_y)} train / {len(data.test_y)} test images, {args.epochs} epochs, "
+          f"seed {args.seed}, OD 10, I_sat {args.i_sat:g}")
     print(f"{'network':8} {'activation':12} {'test accuracy':>14} {'train s':>8}")
-    for name, build in (("MLP", mlp), ("CNN", cnn)):
+    for name in args.networks:
+        build = {"mlp": mlp, "cnn": cnn}[name]
         for kind in kinds:
             torch.manual_seed(args.seed)
-            accuracy, seconds = train(build(kind), data, args.epochs, args.seed)
-            print(f"{name:8} {kind:12} {accuracy:14.2%} {seconds:8.0f}", flush=True)
+            accuracy, seconds = train(build(kind, args.i_sat), data, args.epochs, args.seed)
+            print(f"{name.upper():8} {kind:12} {accuracy:14.2%} {seconds:8.0f}", flush=True)
 
 
 if __name__ == "__main__":
