@@ -153,6 +153,9 @@ class TrainingConfig(Strict):
     optimizer: Literal["adam", "sgd"] = "adam"
     lr_controls: FinitePositive = Field(1e-4, description="A per step scale")
     lr_digital: FinitePositive = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description=(
+        "cosine: both learning rates decay from their values to 0 over the run (half a "
+        "cosine), so the last steps settle instead of jumping; set from the step alone"))
     rho: FiniteNonNegative = 1.0
     adaptive: bool = True
     rho_digital: FiniteNonNegative = 0.0

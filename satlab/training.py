@@ -169,6 +169,14 @@ def knob_fraction(t: TrainingConfig, step: int) -> float:
     return 1.0 - float(np.random.default_rng([t.seed, step]).random())
 
 
+def set_learning_rates(t: TrainingConfig, optimizer: torch.optim.Optimizer, step: int, total: int) -> None:
+    """The learning rates of a step: the config's, or (lr_schedule: cosine) decayed by half
+    a cosine from step 0 to ``total``; from the step alone, so a resumed run sets the same."""
+    factor = 1.0 if t.lr_schedule == "constant" else 0.5 * (1 + math.cos(math.pi * step / total))
+    for group in optimizer.param_groups:
+        group["lr"] = (t.lr_controls if group["name"] == "controls" else t.lr_digital) * factor
+
+
 def control_noise(t: TrainingConfig, step: int, layers: list[PhysicalLayer]) -> list[torch.Tensor]:
     """Method noise's draw for a step, one vector per physical layer: from the seed and the
     step only, so a resumed run draws the same."""
@@ -224,6 +232,7 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
             for step in range(start_step, steps):
                 idx = order[step * t.batch_size:(step + 1) * t.batch_size]
                 at = epoch * steps + step
+                set_learning_rates(t, tr.controller.optimizer, at, epochs * steps)
                 noise = control_noise(t, at, tr.model.physical) if method == "noise" else None
                 loss, logits = tr.controller.step(data.train_x[idx], data.train_y[idx],
                                                   knob_fraction(t, at), noise)

@@ -23,9 +23,11 @@ def columns(path):
         return [[row[k] for k in DETERMINISTIC] for row in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("method", ["sat", "noise"])  # noise: its draws survive the kill too
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, method):
-    cfg = tiny_config(TWO_LAYER_RIG, methods=[method], epochs=2, checkpoint_every=3, noise_std=2e-4)
+@pytest.mark.parametrize("method, schedule", [("sat", "constant"), ("noise", "cosine")])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, method, schedule):
+    # noise: its draws survive the kill too; cosine: so does the learning rate's decay
+    cfg = tiny_config(TWO_LAYER_RIG, methods=[method], epochs=2, checkpoint_every=3, noise_std=2e-4,
+                      lr_schedule=schedule)
     cfg["estimator"] = {"name": "finite_difference"}  # slow enough per step to be killed mid-run
     path = write_yaml(tmp_path / "tiny.yaml", cfg)
     whole, killed = tmp_path / "whole", tmp_path / "killed"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +151,19 @@ def test_noise_method_takes_the_gradient_at_noisy_controls_and_updates_the_clean
         assert torch.allclose(layer.controls.detach(), clean - 1e-6 * at.grad, rtol=1e-12, atol=0)
         with pytest.raises(ValueError, match="noise vector"):
             controller.step(x, torch.zeros(5))
+
+
+def test_the_cosine_schedule_decays_both_rates_from_their_values_to_zero():
+    from satlab.config import TrainingConfig
+    from satlab.training import set_learning_rates
+
+    t = TrainingConfig(lr_controls=1e-4, lr_digital=1e-3, lr_schedule="cosine")
+    model = Quadratic([0.1, 0.2])
+    opt = torch.optim.SGD([{"params": [model.theta], "name": "controls"},
+                           {"params": [nn.Parameter(torch.zeros(1))], "name": "digital"}], lr=1.0)
+    for step, factor in ((0, 1.0), (25, 0.5 * (1 + math.cos(math.pi / 4))), (50, 0.5), (100, 0.0)):
+        set_learning_rates(t, opt, step, 100)
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-4 * factor, abs=1e-18)
+        assert opt.param_groups[1]["lr"] == pytest.approx(1e-3 * factor, abs=1e-18)
+    set_learning_rates(TrainingConfig(lr_controls=1e-4), opt, 50, 100)
+    assert opt.param_groups[0]["lr"] == 1e-4  # constant: the config's rate at every step
