@@ -31,7 +31,8 @@ class SatController:
         if method not in ("sat", "plain", "noise"):
             raise ValueError(f"method must be 'sat', 'plain' or 'noise', got {method!r}")
         if (method == "sat") != isinstance(optimizer, SAM):
-            raise TypeError("method 'sat' needs a satlab.optim.SAM optimizer, 'plain' a base optimizer")
+            raise TypeError("method 'sat' needs a satlab.optim.SAM optimizer, 'plain' and 'noise' a "
+                            "base optimizer")
         if knobs_at_once not in ("all", "worst"):
             raise ValueError(f"knobs_at_once must be 'all' or 'worst', got {knobs_at_once!r}")
         self.model, self.loss_fn, self.optimizer, self.method = model, loss_fn, optimizer, method
@@ -62,14 +63,12 @@ class SatController:
         ``knob_fraction``; ``noise`` (method noise) is added to each physical layer's controls."""
         self.model.train()
         self.optimizer.zero_grad()
-        if self.method == "noise":
-            return self._noisy_step(x, y, noise)
         knobbed = [layer for layer in self.physical
                    if self.method == "sat" and layer.alignment_radius.any()]
         for layer in knobbed:
             layer.probe_alignment = True
         try:
-            loss, logits = self._pass(x, y)
+            loss, logits = self._noisy_pass(x, y, noise) if self.method == "noise" else self._pass(x, y)
         finally:
             for layer in knobbed:
                 layer.probe_alignment = False
@@ -93,8 +92,10 @@ class SatController:
             layer.project()
         return loss, logits
 
-    def _noisy_step(self, x: torch.Tensor, y: torch.Tensor, noise: list[torch.Tensor] | None
+    def _noisy_pass(self, x: torch.Tensor, y: torch.Tensor, noise: list[torch.Tensor] | None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pass at the controls plus ``noise``, which leaves the clean controls in place
+        (their gradient: the one at the noisy controls)."""
         if noise is None or len(noise) != len(self.physical):
             raise ValueError("method noise needs one noise vector per physical layer")
         clean = [layer.controls.detach().clone() for layer in self.physical]
@@ -103,13 +104,8 @@ class SatController:
                 for layer, n in zip(self.physical, noise, strict=True):
                     layer.controls.add_(n.to(layer.controls.dtype))
                     layer.project()  # noise never takes a control past its limits
-            loss, logits = self._pass(x, y)  # the gradient at the noisy controls
+            return self._pass(x, y)
         finally:
-            with torch.no_grad():  # the update applies to the clean controls
+            with torch.no_grad():
                 for layer, c in zip(self.physical, clean, strict=True):
                     layer.controls.copy_(c)
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-        for layer in self.physical:
-            layer.project()
-        return loss, logits

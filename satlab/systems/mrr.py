@@ -15,7 +15,12 @@ from pydantic import Field, PositiveInt, model_validator
 from satlab import registry
 from satlab.rig import Rig
 from satlab.rigfile import PluginSpec, Strict, SystemSpec
-from satlab.systems.protocol import ControlSpace, Imperfection, LayerBackend, System
+from satlab.systems.protocol import (
+    ControlSpace,
+    HeaterLayerBackend,
+    Imperfection,
+    System,
+)
 from satlab.validation import ConfigError
 
 
@@ -83,7 +88,7 @@ def currents_for_weights(backend: MrrLayerBackend, target: torch.Tensor, iters: 
     return (lo + hi) / 2
 
 
-class MrrLayerBackend(LayerBackend):
+class MrrLayerBackend(HeaterLayerBackend):
     """Performs ``y = W(I) x`` for one physical layer on the rig, and holds its twin."""
 
     def __init__(self, rig: Rig, spec: MrrLayerSpec, twin: torch.nn.Module | None = None) -> None:
@@ -106,18 +111,6 @@ class MrrLayerBackend(LayerBackend):
                           for layer in rig.spec.system.layers if layer.heaters == spec.heaters)
             self.max_sum_sq = limits.max_total_power / limits.heater_resistance_ohm * n / sharing
         self.twin: torch.nn.Module = twin or registry.lookup(spec.twin.driver)(**spec.twin.options)
-        self._loaded: tuple[torch.Tensor, int] | None = None
-
-    def measure(self, x: torch.Tensor, settings: np.ndarray) -> np.ndarray:
-        """Write each current vector (A), read the balanced detectors; in input units."""
-        # The modulator holds its pattern: reload only when x changes. Holding x
-        # itself (not its id) means a freed tensor's recycled id cannot fool this.
-        fresh = self._loaded is None or self._loaded[0] is not x or self._loaded[1] != x._version
-        inputs = (self.spec.inputs, x.detach().double().numpy()) if fresh else None
-        power = self.rig.measure_many(self.spec.heaters, settings, self.spec.detector,
-                                      self.channels, inputs)
-        self._loaded = (x, x._version)
-        return np.divide(power, self.full_scale_W, out=power)  # a new array: scale in place
 
     def initial_controls(self, generator: torch.Generator, scale: float) -> torch.Tensor:
         """Currents on the rising branch whose weights are uniform in [-scale, scale]."""

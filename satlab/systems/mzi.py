@@ -11,13 +11,17 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field, PositiveInt
 
 from satlab.rig import Rig
 from satlab.rigfile import PluginSpec, Strict, SystemSpec
-from satlab.systems.protocol import ControlSpace, Imperfection, LayerBackend, System
+from satlab.systems.protocol import (
+    ControlSpace,
+    HeaterLayerBackend,
+    Imperfection,
+    System,
+)
 from satlab.validation import ConfigError
 
 
@@ -41,7 +45,7 @@ class MziSystemSpec(SystemSpec):
     layers: list[MziLayerSpec] = Field(min_length=1)
 
 
-class MziLayerBackend(LayerBackend):
+class MziLayerBackend(HeaterLayerBackend):
     """Performs ``|U(I) x|^2`` for one mesh on the rig, and holds its twin."""
 
     def __init__(self, rig: Rig, spec: MziLayerSpec, twin: torch.nn.Module) -> None:
@@ -54,16 +58,6 @@ class MziLayerBackend(LayerBackend):
         self.controls = ControlSpace("heater current", "A", torch.zeros_like(upper), upper)
         if guard.limits.max_total_power is not None:  # the source drives this mesh alone
             self.max_sum_sq = guard.limits.max_total_power / guard.limits.heater_resistance_ohm
-        self._loaded: tuple[torch.Tensor, int] | None = None
-
-    def measure(self, x: torch.Tensor, settings: np.ndarray) -> np.ndarray:
-        """Write each current vector (A), read the port detectors; in input units."""
-        # The modulator holds its pattern: reload only when x changes (as the MRR layer).
-        fresh = self._loaded is None or self._loaded[0] is not x or self._loaded[1] != x._version
-        inputs = (self.spec.inputs, x.detach().double().numpy()) if fresh else None
-        power = self.rig.measure_many(self.spec.heaters, settings, self.spec.detector, None, inputs)
-        self._loaded = (x, x._version)
-        return np.divide(power, self.full_scale_W, out=power)
 
     def initial_controls(self, generator: torch.Generator, scale: float) -> torch.Tensor:
         """Currents of phases uniform in [0, 2 pi * scale): a random mesh at scale 1."""

@@ -223,6 +223,29 @@ class LayerBackend(ABC):
         return mid + (torch.rand(lo.shape, generator=generator, dtype=torch.float64) * 2 - 1) * half
 
 
+class HeaterLayerBackend(LayerBackend):
+    """A layer whose controls are heater currents: inputs on a modulator (``spec.inputs``),
+    currents on a source (``spec.heaters``, on ``channels`` of it, None: all), outputs on
+    detectors (``spec.detector``), read in input units (``full_scale_W``)."""
+
+    channels: np.ndarray | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loaded: tuple[torch.Tensor, int] | None = None
+
+    def measure(self, x: torch.Tensor, settings: np.ndarray) -> np.ndarray:
+        """Write each current vector (A), read the detectors; in input units."""
+        # The modulator holds its pattern: reload only when x changes. Holding x
+        # itself (not its id) means a freed tensor's recycled id cannot fool this.
+        fresh = self._loaded is None or self._loaded[0] is not x or self._loaded[1] != x._version
+        inputs = (self.spec.inputs, x.detach().double().numpy()) if fresh else None
+        power = self.rig.measure_many(self.spec.heaters, settings, self.spec.detector,
+                                      self.channels, inputs)
+        self._loaded = (x, x._version)
+        return np.divide(power, self.full_scale_W, out=power)  # a new array: scale in place
+
+
 class System(ABC):
     """A system type: validates its rig-file section and builds its layers on an open rig."""
 

@@ -70,10 +70,6 @@ class SaOnnBackend(LayerBackend):
         self.rig.load_inputs(self.spec.weights, levels[None])
         return self.rig.read(self.spec.detector)
 
-    def initial_controls(self, generator: torch.Generator, scale: float) -> torch.Tensor:
-        """Weights uniform in [-scale, scale]."""
-        return (torch.rand(self.n_controls, generator=generator, dtype=torch.float64) * 2 - 1) * scale
-
 
 class SaOnnSystem(System):
     """An all-optical network: weight modulator, field inputs, output detectors."""

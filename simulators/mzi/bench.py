@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 import torch
-from satlab.simulators.mzi.mesh import LAYOUTS, HeaterParams, MeshLayout, MziMesh
+from satlab.simulators.mzi.mesh import LAYOUTS, HeaterParams, MziMesh
 from satlab.simulators.seeded_noise import SeededNoise
 
 from satlab.instruments import InputModulator, Photodetector
@@ -23,10 +23,9 @@ from satlab.validation import OptionError, require_count, require_number
 _HEATER_FIELDS = tuple(HeaterParams.__dataclass_fields__)
 
 
-def mesh_options(modes: int, outputs: int, layout: str = "rectangular", heaters: dict | None = None,
-                 loss_db_per_mzi: float = 0.0, input_full_scale_W: float = 1e-3
-                 ) -> tuple[MeshLayout, HeaterParams]:
-    """The layout and heaters of the rig-file options shared by bench and twin (checked)."""
+def error_free_mesh(modes: int, outputs: int, layout: str = "rectangular", heaters: dict | None = None,
+                    loss_db_per_mzi: float = 0.0, input_full_scale_W: float = 1e-3) -> MziMesh:
+    """The mesh that the rig-file options shared by bench and twin describe (checked)."""
     require_count("modes", modes, 2, highest=256)
     require_count("outputs", outputs, 1, highest=modes)
     if layout not in LAYOUTS:
@@ -45,7 +44,7 @@ def mesh_options(modes: int, outputs: int, layout: str = "rectangular", heaters:
     if top < 2 * math.pi * (1 + 2 * params.crosstalk):
         raise OptionError("heaters.max_current_A", f"{params.max_current_A:g} A reaches {top:.3g} rad; "
                           "a phase needs 2 pi of range, more with crosstalk")
-    return LAYOUTS[layout](modes), params
+    return MziMesh(LAYOUTS[layout](modes), params, loss_db_per_mzi=loss_db_per_mzi)
 
 
 def port_power_W(mesh: MziMesh, amplitudes: torch.Tensor, currents: torch.Tensor, outputs: int,
@@ -64,16 +63,23 @@ class MziTwin(torch.nn.Module):
                  heaters: dict | None = None, loss_db_per_mzi: float = 0.0,
                  input_full_scale_W: float = 1e-3) -> None:
         super().__init__()
-        mesh_layout, params = mesh_options(modes, outputs, layout, heaters, loss_db_per_mzi,
-                                           input_full_scale_W)
-        self.mesh = MziMesh(mesh_layout, params, loss_db_per_mzi=loss_db_per_mzi)
+        self.mesh = error_free_mesh(modes, outputs, layout, heaters, loss_db_per_mzi, input_full_scale_W)
         self.outputs, self.full_scale_W = outputs, input_full_scale_W
 
-    check_options = staticmethod(mesh_options)
+    check_options = staticmethod(error_free_mesh)
 
     def forward(self, inputs: torch.Tensor, currents: torch.Tensor) -> torch.Tensor:
         """Port powers (..., B, outputs) for field amplitudes (B, modes) and currents (..., heaters)."""
         return port_power_W(self.mesh, inputs, currents, self.outputs, self.full_scale_W) / self.full_scale_W
+
+
+def _check_device(sigma_bs: object, sigma_phase: object, error_seed: object, detector_noise_W: object,
+                  noise_seed: object) -> None:
+    require_number("sigma_bs", sigma_bs, 0.0, 0.3)  # 0.3: a splitting error beyond +-1 becomes likely
+    require_number("sigma_phase", sigma_phase, 0.0, math.pi)
+    require_number("detector_noise_W", detector_noise_W, 0.0, 1.0)
+    require_count("error_seed", error_seed, 0, highest=2**32 - 1)
+    SeededNoise.check_noise_seed(noise_seed)
 
 
 class MziBench(SeededNoise):
@@ -85,16 +91,13 @@ class MziBench(SeededNoise):
                  loss_db_per_mzi: float = 0.0, input_full_scale_W: float = 1e-3, sigma_bs: float = 0.0,
                  sigma_phase: float = 0.0, error_seed: int = 0, detector_noise_W: float = 0.0,
                  noise_seed: int = 0) -> None:
-        self.check_options(modes, outputs, layout, heaters, loss_db_per_mzi, input_full_scale_W,
-                           sigma_bs, sigma_phase, error_seed, detector_noise_W, noise_seed)
-        mesh_layout, params = mesh_options(modes, outputs, layout, heaters, loss_db_per_mzi,
-                                           input_full_scale_W)
-        self.mesh = MziMesh(mesh_layout, params, loss_db_per_mzi=loss_db_per_mzi)
+        _check_device(sigma_bs, sigma_phase, error_seed, detector_noise_W, noise_seed)
+        self.mesh = error_free_mesh(modes, outputs, layout, heaters, loss_db_per_mzi, input_full_scale_W)
         self.outputs, self.full_scale_W, self.error_seed = outputs, input_full_scale_W, error_seed
         self.nominal = {"sigma_bs": float(sigma_bs), "sigma_phase": float(sigma_phase),
                         "detector_noise_W": float(detector_noise_W)}
-        self.heater_channels, self.max_current_A = mesh_layout.heaters, params.max_current_A
-        self.currents = torch.zeros(mesh_layout.heaters, dtype=torch.float64)
+        self.heater_channels, self.max_current_A = self.mesh.layout.heaters, self.mesh.heaters.max_current_A
+        self.currents = torch.zeros(self.heater_channels, dtype=torch.float64)
         self.inputs = torch.zeros(1, modes, dtype=torch.float64)
         self.seed_noise(noise_seed)
         self.reset_imperfections()
@@ -105,12 +108,8 @@ class MziBench(SeededNoise):
                       input_full_scale_W: float = 1e-3, sigma_bs: float = 0.0, sigma_phase: float = 0.0,
                       error_seed: int = 0, detector_noise_W: float = 0.0, noise_seed: int = 0) -> None:
         """Validate rig-file options without building a bench."""
-        mesh_options(modes, outputs, layout, heaters, loss_db_per_mzi, input_full_scale_W)
-        require_number("sigma_bs", sigma_bs, 0.0, 0.3)  # 0.3: a splitting error beyond +-1 becomes likely
-        require_number("sigma_phase", sigma_phase, 0.0, math.pi)
-        require_number("detector_noise_W", detector_noise_W, 0.0, 1.0)
-        require_count("error_seed", error_seed, 0, highest=2**32 - 1)
-        SeededNoise.check_noise_seed(noise_seed)
+        error_free_mesh(modes, outputs, layout, heaters, loss_db_per_mzi, input_full_scale_W)
+        _check_device(sigma_bs, sigma_phase, error_seed, detector_noise_W, noise_seed)
 
     def draw_errors(self, sigma_bs: float, sigma_phase: float, draw: int = 0) -> None:
         """Set the device's errors: draw 0 is the rig file's device, draw k another of the
@@ -123,7 +122,7 @@ class MziBench(SeededNoise):
         phase = torch.zeros(layout.heaters, dtype=torch.float64)
         phase[:2 * layout.size] = z[2 * layout.size:] * sigma_phase  # theta and phi, not psi
         self.mesh.errors = {"e1": e1, "e2": e2, "phase": phase}
-        self.sigmas, self.draw = (sigma_bs, sigma_phase), draw
+        self.sigmas = (sigma_bs, sigma_phase)
 
     def read(self, averages: int = 1) -> torch.Tensor:
         """Port powers (W): (batch, outputs), or (P, batch, outputs) for a held stack."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -43,6 +44,11 @@ class MeshLayout:
     def heaters(self) -> int:
         """Number of heaters: theta and phi of every MZI, and one output phase per mode."""
         return 2 * self.size + self.modes
+
+    @cached_property
+    def column_indices(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """Each column's (MZI indices, top modes) as tensors, built once per layout."""
+        return tuple((torch.from_numpy(col), torch.from_numpy(self.pairs[col])) for col in self.columns)
 
 
 def _scheduled(name: str, modes: int, pairs: list[int]) -> MeshLayout:
@@ -110,9 +116,8 @@ def propagate(field: torch.Tensor, layout: MeshLayout, theta: torch.Tensor, phi:
         m00, m01, m10, m11 = (m * mzi_amplitude for m in (m00, m01, m10, m11))
     lead = torch.broadcast_shapes(field.shape[:-2], theta.shape[:-1])
     field = field.expand(*lead, *field.shape[-2:])
-    for col in layout.columns:
-        k = torch.from_numpy(col).to(field.device)
-        top = torch.from_numpy(layout.pairs[col]).to(field.device)
+    for k, top in layout.column_indices:
+        k, top = k.to(field.device), top.to(field.device)
         a, b = field[..., top], field[..., top + 1]
         new_a = m00[..., k] * a + m01[..., k] * b
         new_b = m10[..., k] * a + m11[..., k] * b
@@ -203,9 +208,8 @@ class MziMesh:
 
     def unitary(self, currents: torch.Tensor) -> torch.Tensor:
         """The transfer matrix at these currents."""
-        theta, phi, psi = self.split(self.phases(currents))
-        return mesh_unitary(self.layout, theta, phi, psi, self.errors.get("e1", 0.0),
-                            self.errors.get("e2", 0.0), self.mzi_amplitude)
+        eye = torch.eye(self.layout.modes, dtype=torch.complex128, device=currents.device)
+        return self.output(eye, currents).transpose(-1, -2)
 
     def currents_for_phases(self, phases: torch.Tensor) -> torch.Tensor:
         """Currents that set these phases (mod 2 pi) on the error-free heaters, crosstalk
@@ -215,9 +219,10 @@ class MziMesh:
         mix = torch.eye(n, dtype=torch.float64)
         kappa = h.crosstalk * self.crosstalk_scale
         mix[self._dst, self._src] += kappa
+        lu, pivots = torch.linalg.lu_factor(mix)  # once: each 2 pi raise solves again
         target = torch.remainder(phases.double(), 2 * math.pi)
         for _ in range(8):
-            power = torch.linalg.solve(mix, target.unsqueeze(-1)).squeeze(-1) / h.efficiency_rad_per_W
+            power = torch.linalg.lu_solve(lu, pivots, target.unsqueeze(-1)).squeeze(-1) / h.efficiency_rad_per_W
             short = power < 0
             if not short.any():
                 break

@@ -76,21 +76,17 @@ class SaOnnModel:
         return self.intensities(amplitudes, weights, od_scale, i_sat_scale) * self.full_scale_W
 
 
-def _model(options: dict) -> SaOnnModel:
-    return SaOnnModel(**options)
-
-
 class SaOnnTwin(torch.nn.Module):
     """Digital twin: the same network, trained through with the chosen cell derivative."""
 
     def __init__(self, **options) -> None:
         super().__init__()
-        self.model = _model(options)
+        self.model = SaOnnModel(**options)
 
     @staticmethod
     def check_options(**options) -> None:
         """Validate rig-file options without building a twin."""
-        _model(options)
+        SaOnnModel(**options)
 
     def forward(self, inputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Detected intensities (..., B, out) in input units."""
@@ -101,8 +97,9 @@ class SaOnnBench(SeededNoise):
     """Shared state of one simulated all-optical network."""
 
     def __init__(self, noise_seed: int = 0, detector_noise_W: float = 0.0, **options) -> None:
-        self.check_options(noise_seed=noise_seed, detector_noise_W=detector_noise_W, **options)
-        self.model = _model(options)
+        require_number("detector_noise_W", detector_noise_W, 0.0, 1.0)
+        SeededNoise.check_noise_seed(noise_seed)
+        self.model = SaOnnModel(**options)
         self.levels = torch.full((self.model.n_weights,), 0.5, dtype=torch.float64)
         self.inputs = torch.zeros(1, self.model.sizes[0], dtype=torch.float64)
         self.nominal_noise_W = float(detector_noise_W)
@@ -112,9 +109,9 @@ class SaOnnBench(SeededNoise):
     @staticmethod
     def check_options(noise_seed: int = 0, detector_noise_W: float = 0.0, **options) -> None:
         """Validate rig-file options without building a bench."""
-        _model(options)
         require_number("detector_noise_W", detector_noise_W, 0.0, 1.0)
         SeededNoise.check_noise_seed(noise_seed)
+        SaOnnModel(**options)
 
     def read(self) -> torch.Tensor:
         """Detected powers (W), (batch, outputs), for the weights shown (levels (..., n))."""
