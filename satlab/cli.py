@@ -11,6 +11,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from satlab import strict_json
 from satlab.config import DEFAULT_CONFIG, RunConfig, load_config
@@ -20,6 +21,10 @@ from satlab.rig import Rig, RigError, RigInterrupted, UnsafeShutdown
 from satlab.rigfile import VISA_BACKENDS, load_rig_file
 from satlab.sweeps import SweepOptionError
 from satlab.validation import CheckpointError, ConfigError, DataError
+
+if TYPE_CHECKING:
+    from satlab.ecosystem_log import EcosystemLog
+    from satlab.live_status import LiveStatus
 
 # torch and matplotlib load inside the commands that need them, so --help is instant.
 
@@ -34,6 +39,8 @@ EPILOG = """examples:
   satlab rig check my-rig.yaml          open a rig, identify and read every instrument
   satlab calibrate my-rig.yaml -o cal/  rings, crosstalk, weight map of MRR banks
   satlab report runs/RUN_A runs/RUN_B   compare runs in one plot
+  satlab study STUDY.yaml --workers 2   methods x seeds x imperfections on a local Dask cluster
+  satlab view runs/                     a local web page of the runs, live while they train
 """
 
 
@@ -73,6 +80,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a TCP port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 0 to 65535, got {text}")
+    return value
+
+
 def _data(cfg: RunConfig, config_path: Path):
     from satlab.data import load_dataset
 
@@ -93,9 +110,12 @@ def _report(run_dir: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from satlab.ecosystem_log import EcosystemLog, check_available
+    from satlab.live_status import LiveStatus, StopRequested, publishing_enabled
     from satlab.training import check_model_matches_rig, train_method, write_run_files
 
     prepare_for_training()
+    check_available(args.log or [])  # a missing package stops here, before anything opens
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -131,6 +151,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     finished = {m: _verified_checkpoint(run_dir / m) for m in cfg.training.methods} \
         if args.resume else {}  # a corrupt checkpoint stops here, before the rig opens
     print(f"data: {data.source}\nrig: {spec.name} ({cfg.rig})\nrun: {run_dir}")
+    # run_dir/live/status.json for `satlab view`; a stop request left from before is removed
+    live = LiveStatus(run_dir, config_path.name) if publishing_enabled() else None
+    log = EcosystemLog(args.log, run_dir, cfg.name) if args.log else None
     try:
         with Rig(spec, cfg.rig, visa_backend=args.visa_backend) as rig:
             _check_calibration(spec, rig, args)
@@ -143,23 +166,42 @@ def cmd_train(args: argparse.Namespace) -> int:
                     print(f"{method}: already finished")
                     continue
                 s = train_method(cfg, rig, data, run_dir, method, rig_start, progress=not args.quiet,
-                                 weights=weights)
+                                 weights=weights, live=live, log=log)
                 print(f"{method}: test accuracy {100 * s['test_accuracy']:.2f}% "
                       f"({s['rig_queries']} rig queries, {s['wall_seconds']:.0f} s)")
+    # the final state is published here, once leaving the Rig has made it safe
     except (KeyboardInterrupt, RigInterrupted) as exc:
-        print(f"\ninterrupted: the rig was put in its safe state.{_resume_hint(run_dir, cfg.training.methods)}",
+        _ended(live, log, "interrupted", None, exc)
+        why = "stopped on request" if isinstance(exc, StopRequested) else "interrupted"
+        print(f"\n{why}: the rig was put in its safe state.{_resume_hint(run_dir, cfg.training.methods)}",
               file=sys.stderr)
         return 143 if isinstance(exc, RigInterrupted) else 130
-    except (ConfigError, DataError, CheckpointError, UnsafeShutdown):
+    except (ConfigError, DataError, CheckpointError, UnsafeShutdown) as exc:
+        _ended(live, log, "failed", str(exc), exc)
         raise
     except Exception as exc:  # e.g. an instrument fault: the rig is safe (else UnsafeShutdown)
         # a fault names its instrument itself; anything else is named by its type
         what = str(exc) if isinstance(exc, (InstrumentFault, RigError)) else f"{type(exc).__name__}: {exc}"
+        _ended(live, log, "failed", what, exc)
         print(f"error: {what} (the rig was left in its safe state)"
               f"{_resume_hint(run_dir, cfg.training.methods)}", file=sys.stderr)
         return 1
+    if live is not None:
+        live.clear_stop()  # asked for during the last evaluation: nothing is left to stop
     _report(run_dir)
+    if log is not None:
+        log.on_report(run_dir / "report.png")
+        log.close()
     return 0
+
+
+def _ended(live: LiveStatus | None, log: EcosystemLog | None, state: str, error: str | None,
+           exc: BaseException) -> None:
+    """Publish a training's final state (interrupted or failed) and end its logged runs."""
+    if live is not None:
+        live.finish(state, error, exc)
+    if log is not None:
+        log.close("KILLED" if state == "interrupted" else "FAILED")
 
 
 def _check_calibration(spec, rig: Rig, args: argparse.Namespace) -> None:
@@ -388,6 +430,35 @@ def _update_summary(run: Path, method: str, estimator: str, rig_queries: int,
     summary_path.write_text(strict_json.dumps(summary))
 
 
+STUDY_EPILOG = """examples:
+  satlab study satlab/configs/studies/system1-drift.yaml               cells one after another, here
+  satlab study satlab/configs/studies/system1-drift.yaml --workers 2   on a local Dask cluster
+  satlab study STUDY.yaml --scheduler tcp://head-node:8786              on an existing Dask cluster
+  satlab study STUDY.yaml --report-only                                 redraw the plots and report.html
+
+An interrupted study continues where it stopped when the same command runs again: only
+cells without a result (or with a failed one) run.
+"""
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from satlab.study.spec import load_study
+
+    study = load_study(args.study, Path(args.out) if args.out else None)  # all checked before any cell
+    from satlab.study.report import write_report
+    from satlab.study.runner import failed_cells, run_study, summary_lines
+
+    if not args.report_only:
+        prepare_for_training()
+        run_study(study, args.workers, args.scheduler, progress=not args.quiet)
+    elif not (study.out / "table.parquet").exists():
+        raise ConfigError(study.out, "", "no table.parquet yet: run the study first")
+    report, plots = write_report(study.out, f"satlab study {study.spec.name}", study.spec.bn)
+    failed = failed_cells(study)
+    print("\n".join([*summary_lines(study, failed), *(f"plot: {p}" for p in plots), f"report: {report}"]))
+    return 1 if failed else 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from satlab.calibration.bank_steps import WiringError
     from satlab.calibration.job import BankOptions, check_budget, plan, run, summary_plot
@@ -534,6 +605,55 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         return 0
 
 
+VIEW_EPILOG = """examples:
+  satlab view                           the runs in ./runs, at http://127.0.0.1:8765/
+  satlab view runs/ other-runs/RUN      a folder of runs and one more run
+  ssh -L 8765:127.0.0.1:8765 labpc      from another machine: then open http://127.0.0.1:8765/ there
+  satlab view --host 0.0.0.0 --allow-remote --token "$(openssl rand -hex 16)"   (see docs/lab-view.md)
+"""
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    """Serve the lab view of the runs given until Ctrl-C."""
+    try:
+        from satlab.view.app import create_app
+        from satlab.view.security import MIN_TOKEN_LENGTH, is_loopback
+        from satlab.view.server import bind, serve, url
+    except ImportError as exc:
+        raise ConfigError("satlab view", "", f"needs the view extra (missing {exc.name}): "
+                          "pip install 'satlab[view]'") from None
+    paths = [Path(p) for p in args.runs] or [Path("runs")]
+    for path in paths:
+        if not path.is_dir():
+            raise ConfigError(path, "", "no such folder (expected a folder of runs, or run folders)")
+    if args.allow_remote != (args.token is not None):
+        raise ConfigError("--allow-remote", "", "and --token TOKEN go together: other machines "
+                          "are admitted only with the token")
+    if args.token is not None and len(args.token) < MIN_TOKEN_LENGTH:
+        raise ConfigError("--token", "", f"expected at least {MIN_TOKEN_LENGTH} characters "
+                          "(e.g. openssl rand -hex 16)")
+    if not is_loopback(args.host) and not args.allow_remote:
+        raise ConfigError("--host", "", f"{args.host} is reachable from other machines: add "
+                          "--allow-remote --token TOKEN, or keep 127.0.0.1 and use an SSH tunnel "
+                          "(docs/lab-view.md)")
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:  # a taken port, an address this machine does not have
+        raise ConfigError(f"{args.host}:{args.port}", "", f"cannot listen there: "
+                          f"{exc.strerror or exc}") from None
+    app = create_app(paths, args.token)
+    address = url(args.host, sock) + (f"?token={args.token}" if args.token else "")
+    print(f"satlab view: {address}\nCtrl-C stops the server", flush=True)
+    try:
+        serve(app, sock)
+    except KeyboardInterrupt:  # uvicorn hands Ctrl-C back once it has shut down
+        pass
+    finally:
+        sock.close()
+    print("stopped", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(
@@ -562,6 +682,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--strict", action="store_true",
                    help="refuse a calibration of other instruments or older than its maximum age, "
                         "instead of warning")
+    t.add_argument("--log", action="append", choices=("tensorboard", "mlflow"),
+                   help="also log scalars, config, test accuracy and report to TensorBoard "
+                        "(RUN/tensorboard) or MLflow (MLFLOW_TRACKING_URI, else RUN/mlruns); "
+                        "repeatable; needs the log extra: pip install 'satlab[log]'")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(
@@ -672,6 +796,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="of the serial ports, ask only those given with --port")
     ins.set_defaults(func=cmd_instruments)
 
+    st = sub.add_parser("study", help="a robustness study: methods x seeds x systems x imperfection "
+                                      "grids, resumable, on Dask if asked",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=STUDY_EPILOG,
+                        description="Train every method of STUDY.yaml with every seed on every system,\n"
+                                    "sweep each trained model over the study's imperfection grids on the\n"
+                                    "full test set, measure its sharpness in control space, and write one\n"
+                                    "table (Parquet and CSV), plots and a self-contained report.html.\n"
+                                    "docs/studies.md describes the study file.")
+    st.add_argument("study", help="study file (YAML)")
+    st.add_argument("--out", help="study folder (default: the file's out:, else studies/NAME)")
+    where = st.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, metavar="N",
+                    help="run simulated cells on a Dask LocalCluster of N worker processes "
+                         "(one thread each); cells on real instruments still run here, one at a time")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run simulated cells on an existing Dask cluster (e.g. tcp://host:8786); "
+                            "its workers need satlab installed, and the study folder, rig files, "
+                            "config and data at the same paths (a shared file system)")
+    st.add_argument("--report-only", action="store_true", help="only redraw the plots and report from the table")
+    st.add_argument("--quiet", action="store_true", help="no progress bars")
+    st.set_defaults(func=cmd_study)
+
     em = sub.add_parser("emulate", help="serve an emulated instrument on a serial port (a pty)",
                         description="Start a protocol emulator of an instrument on a new "
                                     "pseudo-terminal, a real OS serial port, and print its path: "
@@ -691,6 +837,26 @@ def build_parser() -> argparse.ArgumentParser:
                          "next tick (default 16 ms, the period of the saw-tooth in the vendor's "
                          "recorded reply delays; 0: none)")
     em.set_defaults(func=cmd_emulate)
+
+    v = sub.add_parser("view", help="a local web page of runs, live while they train",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=VIEW_EPILOG,
+                       description="Serve a web page of the runs in RUNS_DIR (or of the RUN folders "
+                                   "given): loss and accuracy,\nthe rig's queries, controls, power, "
+                                   "detectors, camera, knobs, commands and instruments,\nlive while "
+                                   "a run trains, and a Stop button for a running run. Only this "
+                                   "machine is\nserved unless --allow-remote --token are given "
+                                   "(docs/lab-view.md). Ctrl-C stops the server.")
+    v.add_argument("runs", nargs="*", metavar="RUNS_DIR | RUN",
+                   help="a folder of runs, or run folders (default: runs)")
+    v.add_argument("--port", type=_port, default=8765, help="TCP port (default 8765; 0: any free one)")
+    v.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    v.add_argument("--allow-remote", action="store_true",
+                   help="admit other machines that present --token (needed for a --host other "
+                        "than loopback)")
+    v.add_argument("--token", help="the secret other machines must present (?token= once, then a "
+                                   "cookie; or Authorization: Bearer TOKEN)")
+    v.set_defaults(func=cmd_view)
     return p
 
 

@@ -129,11 +129,13 @@ class EstimatorConfig(Strict):
 class TrainingConfig(Strict):
     """Optimisation settings; SAT and plain training share all of them except rho."""
 
-    methods: list[Literal["sat", "plain", "noise", "weights"]] = Field(
+    methods: list[Literal["sat", "plain", "noise", "prune", "weights"]] = Field(
         ["sat", "plain"], min_length=1,
         description=("noise: plain training with Gaussian noise of noise_std on every control "
-                     "during each gradient, the update applied to the clean controls; weights: "
-                     "deploy model.init_from and evaluate it, without training"))
+                     "(or weight, noise_on) during each gradient, the update applied to the clean "
+                     "controls; prune: plain training with the penalty prune_lambda x the weights' "
+                     "sensitivity to the controls; weights: deploy model.init_from and evaluate "
+                     "it, without training"))
 
     @field_validator("methods")
     @classmethod
@@ -145,7 +147,13 @@ class TrainingConfig(Strict):
     @model_validator(mode="after")
     def _noise_has_a_size(self) -> TrainingConfig:
         if "noise" in self.methods and self.noise_std == 0:
-            raise ValueError("method noise needs noise_std > 0 (in the controls' unit)")
+            raise ValueError(f"method noise needs noise_std > 0 (in the {self.noise_on}' unit)")
+        return self
+
+    @model_validator(mode="after")
+    def _prune_has_a_weight(self) -> TrainingConfig:
+        if "prune" in self.methods and self.prune_lambda == 0:
+            raise ValueError("method prune needs prune_lambda > 0 (loss x the controls' unit)")
         return self
 
     epochs: PositiveInt = 10
@@ -173,8 +181,23 @@ class TrainingConfig(Strict):
         "weight of the perturbed gradient (WSAM, coupled): 0.5 is SAM; lower values mix in "
         "the unperturbed gradient"))
     noise_std: FiniteNonNegative = Field(0.0, description=(
-        "method noise: the std of the noise on every control, in the controls' unit; drawn "
-        "from the seed and the step (a resumed run draws the same)"))
+        "method noise: the std of the noise on every control (or weight, noise_on), in its "
+        "unit; drawn from the seed and the step (a resumed run draws the same)"))
+    noise_on: Literal["controls", "weights"] = Field("controls", description=(
+        "method noise: controls, the gradient pass runs at controls + noise; weights (layers "
+        "linear in their inputs, y = W x), it sees weights W + N, N of noise_std per weight "
+        "(out x in), added as x N^T to the layer's output"))
+    prune_lambda: FiniteNonNegative = Field(0.0, description=(
+        "method prune: loss = cross-entropy + prune_lambda x sum over layers and controls k "
+        "of ||dw/dc_k|| (w the layer's weights as its twin gives them): favours controls where "
+        "the weights move little with the controls, so drift moves them little; unit: loss x "
+        "the controls' unit"))
+    space: Literal["controls", "weights"] = Field("controls", description=(
+        "controls: train the physical controls; weights: train each physical layer in silico "
+        "as a weight matrix (estimator twin_autograd, starting from the twin's weights at the "
+        "initial controls, clamped to the system's weight range), then evaluate it deployed "
+        "onto the rig through the layer's weight-to-control map; lr_controls, rho and "
+        "noise_std are then in weight units"))
     seed: int = Field(0, ge=0, lt=2**32)
     checkpoint_every: PositiveInt = 20
     log_every: PositiveInt = 5

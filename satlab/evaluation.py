@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
+from collections.abc import Callable
 from contextlib import ExitStack
 
 import torch
@@ -46,18 +47,22 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def imperfection_sweep(model: nn.Module, rig: Rig, x: torch.Tensor, y: torch.Tensor,
                        axes: list[tuple[str, list[float]]], draws: int = 1, bn: str = "eval",
-                       batch_size: int = 500, progress: bool = True) -> list[dict]:
+                       batch_size: int = 500, progress: bool = True,
+                       before_point: Callable[[], None] | None = None) -> list[dict]:
     """Accuracy at every point of a grid of imperfections (one axis per name), on the rig.
 
     Each point is evaluated ``draws`` times, draw k setting random imperfections
     to their k-th realisation; rows hold the mean, the standard deviation and
-    every draw. The rig returns to its rig-file state afterwards.
+    every draw. The rig returns to its rig-file state afterwards. ``before_point`` runs
+    before each point (e.g. to stop on a request).
     """
     rows = []
     grid = list(itertools.product(*(values for _, values in axes)))
     names = [name for name, _ in axes]
     try:
         for point in tqdm(grid, desc="imperfection sweep", unit="point", disable=not progress):
+            if before_point is not None:
+                before_point()
             scores = []
             for draw in range(draws):
                 rig.reset_imperfections()

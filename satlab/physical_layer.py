@@ -45,12 +45,21 @@ class PhysicalLayer(nn.Module):
         self.alignment_radius = np.zeros(len(backend.knobs))
         self.alignment_grad = np.zeros(len(backend.knobs))
         self.probe_alignment = False
+        # Noise N (out, in) on the weights of a layer linear in its inputs, for one pass
+        # (method noise on weights); None: the weights as the controls set them.
+        self.weight_noise: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training uses the estimator's forward; evaluation always runs on the rig."""
         if self.training and not self.estimator.forward_on_rig:
-            return self.backend.twin_output(x, self.controls).to(x.dtype)
-        return _RigFunction.apply(x, self.controls, self)
+            y = self.backend.twin_output(x, self.controls).to(x.dtype)
+        else:
+            y = _RigFunction.apply(x, self.controls, self)
+        if self.weight_noise is not None:
+            # (W + N) x = W x + N x exactly, as the layer is linear in x; autograd adds N's
+            # share of the input gradient, the controls' gradient sees the noisy upstream one
+            y = y + x @ self.weight_noise.to(x.dtype).T
+        return y
 
     def alignment_ascent(self, only: int | None = None) -> np.ndarray:
         """SAT's worst-case knob offsets to first order within the ellipsoid of the knobs'

@@ -44,6 +44,15 @@ def wait_until(deadline: float) -> None:
         pass
 
 
+def first_row(reading: np.ndarray, most: int = 256) -> np.ndarray:
+    """A copy of the first row of a reading (..., channels), at most ``most`` values."""
+    a = np.asarray(reading)
+    if a.size == 0:
+        return np.zeros(0)
+    row = a[(0,) * (a.ndim - 1)] if a.ndim > 1 else a.reshape(-1)
+    return np.array(row[:most], dtype=float)
+
+
 class RigError(RuntimeError):
     """The rig refused, or cannot do, what was asked."""
 
@@ -186,6 +195,11 @@ class Rig:
         self.unsafe: dict[str, str] = {}  # after closing: instruments whose safe state failed
         self.faulted: dict[str, InstrumentFault] = {}  # no writes to these until reopened
         self.identities: dict[str, str] = {}
+        # What the live status shows, kept as the rig reads it: each detector's first row
+        # of its last reading (a small copy: callers may scale a reading in place) and each
+        # camera's first frame of its last acquisition (a view: frames are large)
+        self.last_read: dict[str, np.ndarray] = {}
+        self.last_frame: dict[str, np.ndarray] = {}
         self._closing = False
 
     @classmethod
@@ -458,6 +472,8 @@ class Rig:
         with self.named(name, "acquire"):
             shot = self._typed(name, Camera).acquire(frames)
         self._quiet_until = start + self.settle_times[name]
+        if len(shot.counts):
+            self.last_frame[name] = shot.counts[0]
         return shot
 
     def read(self, name: str) -> np.ndarray:
@@ -472,6 +488,7 @@ class Rig:
         with self.named(name, "read"):
             reading = self.instruments[name].read()  # type: ignore[attr-defined]
         self._quiet_until = start + self.settle_times[name]
+        self.last_read[name] = first_row(reading)
         return reading
 
     def measure_many(self, source: str, settings: np.ndarray, detector: str,

@@ -12,6 +12,8 @@ from satlab.optim import SAM
 from satlab.optim.bn import frozen_bn_stats
 from satlab.physical_layer import PhysicalLayer
 
+METHODS = ("sat", "plain", "noise", "prune")
+
 
 class SatController:
     """Runs training steps: SAT = SAM over control parameters with projection into limits.
@@ -23,21 +25,34 @@ class SatController:
     slopes by central differences on the rig) for g', and back: all of them within each
     layer's ellipsoid of radii, or (``knobs_at_once="worst"``) only the worst single knob. ``method="plain"``
     is one pass with the same estimator and base optimizer: the baseline; ``method="noise"``
-    takes that pass at controls plus the step's noise and updates the clean controls.
+    takes that pass at controls plus the step's noise (``noise_on="weights"``: at weights
+    plus noise, for layers linear in their inputs) and updates the clean controls;
+    ``method="prune"`` is the plain pass plus ``prune_lambda`` times every layer's weight
+    sensitivity (``LayerBackend.weight_sensitivity``), whose gradient autograd takes
+    through the twin.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 optimizer: torch.optim.Optimizer, method: str = "sat", knobs_at_once: str = "all") -> None:
-        if method not in ("sat", "plain", "noise"):
-            raise ValueError(f"method must be 'sat', 'plain' or 'noise', got {method!r}")
+                 optimizer: torch.optim.Optimizer, method: str = "sat", knobs_at_once: str = "all",
+                 noise_on: str = "controls", prune_lambda: float = 0.0) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
         if (method == "sat") != isinstance(optimizer, SAM):
-            raise TypeError("method 'sat' needs a satlab.optim.SAM optimizer, 'plain' and 'noise' a "
-                            "base optimizer")
+            raise TypeError("method 'sat' needs a satlab.optim.SAM optimizer, 'plain', 'noise' and "
+                            "'prune' a base optimizer")
         if knobs_at_once not in ("all", "worst"):
             raise ValueError(f"knobs_at_once must be 'all' or 'worst', got {knobs_at_once!r}")
+        if noise_on not in ("controls", "weights"):
+            raise ValueError(f"noise_on must be 'controls' or 'weights', got {noise_on!r}")
+        if method == "prune" and not prune_lambda > 0:
+            raise ValueError(f"method 'prune' needs prune_lambda > 0, got {prune_lambda!r}")
         self.model, self.loss_fn, self.optimizer, self.method = model, loss_fn, optimizer, method
-        self.knobs_at_once = knobs_at_once
+        self.knobs_at_once, self.noise_on, self.prune_lambda = knobs_at_once, noise_on, prune_lambda
         self.physical = [m for m in model.modules() if isinstance(m, PhysicalLayer)]
+        if method == "noise" and noise_on == "weights":
+            for layer in self.physical:
+                if layer.backend.weights_of(layer.controls) is None:
+                    raise ValueError(f"noise on weights: layer {layer.backend.name} has no weights")
 
     def _pass(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(x)
@@ -68,7 +83,12 @@ class SatController:
         for layer in knobbed:
             layer.probe_alignment = True
         try:
-            loss, logits = self._noisy_pass(x, y, noise) if self.method == "noise" else self._pass(x, y)
+            if self.method == "noise":
+                loss, logits = self._noisy_pass(x, y, noise)
+            elif self.method == "prune":
+                loss, logits = self._pruning_pass(x, y)
+            else:
+                loss, logits = self._pass(x, y)
         finally:
             for layer in knobbed:
                 layer.probe_alignment = False
@@ -92,12 +112,27 @@ class SatController:
             layer.project()
         return loss, logits
 
+    def _pruning_pass(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The plain pass, then the gradient of prune_lambda x the layers' weight sensitivity
+        added to the controls' (estimated) one; returns the whole loss."""
+        loss, logits = self._pass(x, y)
+        controls = [layer.controls for layer in self.physical]
+        with torch.enable_grad():
+            penalty = self.prune_lambda * sum(layer.backend.weight_sensitivity(layer.controls)
+                                              for layer in self.physical)
+            grads = torch.autograd.grad(penalty, controls)
+        for c, g in zip(controls, grads, strict=True):
+            c.grad = g.to(c.dtype) if c.grad is None else c.grad + g.to(c.dtype)
+        return loss + penalty.detach().to(loss.dtype), logits
+
     def _noisy_pass(self, x: torch.Tensor, y: torch.Tensor, noise: list[torch.Tensor] | None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A pass at the controls plus ``noise``, which leaves the clean controls in place
-        (their gradient: the one at the noisy controls)."""
+        """A pass at the controls (or weights) plus ``noise``, which leaves the clean controls
+        in place (their gradient: the one at the noisy point)."""
         if noise is None or len(noise) != len(self.physical):
             raise ValueError("method noise needs one noise vector per physical layer")
+        if self.noise_on == "weights":
+            return self._noisy_weights_pass(x, y, noise)
         clean = [layer.controls.detach().clone() for layer in self.physical]
         try:
             with torch.no_grad():
@@ -109,3 +144,19 @@ class SatController:
             with torch.no_grad():
                 for layer, c in zip(self.physical, clean, strict=True):
                     layer.controls.copy_(c)
+
+    def _noisy_weights_pass(self, x: torch.Tensor, y: torch.Tensor, noise: list[torch.Tensor]
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pass with every layer's weights W + N (N: (out, in)); none of N stays after it."""
+        for layer, n in zip(self.physical, noise, strict=True):
+            shape = (layer.backend.out_features, layer.backend.in_features)
+            if tuple(n.shape) != shape:
+                raise ValueError(f"noise on weights of layer {layer.backend.name} must have shape "
+                                 f"{shape}, got {tuple(n.shape)}")
+        try:
+            for layer, n in zip(self.physical, noise, strict=True):
+                layer.weight_noise = n
+            return self._pass(x, y)
+        finally:
+            for layer in self.physical:
+                layer.weight_noise = None

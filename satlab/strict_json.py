@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 
@@ -18,6 +21,24 @@ def finite_or_none(obj: Any) -> Any:
     return obj
 
 
-def dumps(obj: Any) -> str:
-    """Indented, strictly valid JSON (a diverged loss is written as null)."""
-    return json.dumps(finite_or_none(obj), indent=2, allow_nan=False)
+def dumps(obj: Any, indent: int | None = 2) -> str:
+    """Indented (``indent=None``: compact), strictly valid JSON (a diverged loss is written as null)."""
+    return json.dumps(finite_or_none(obj), indent=indent, allow_nan=False)
+
+
+def write_atomic(path: Path, obj: Any, indent: int | None = 2, durable: bool = True) -> None:
+    """Write ``dumps(obj)`` so that readers see the old file or the whole new one, never a part;
+    ``durable``: on disk before the rename (a result), else only atomic (a status replaced
+    several times a second, where an fsync would cost the writer milliseconds each)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(dumps(obj, indent))
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; results are read by others too
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

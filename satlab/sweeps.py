@@ -131,10 +131,10 @@ def known_imperfections(imperfections: dict[str, Imperfection]) -> str:
 def imperfection_table(imperfections: dict[str, Imperfection]) -> str:
     """Every imperfection with unit, default and description, one per line."""
     width = max((len(n) for n in imperfections), default=4)
-    lines = [f"{'name':<{width}}  {'unit':<5} {'default':>8}  description"]
+    lines = [f"{'name':<{width}}  {'unit':<5} {'default':>8}  {'range':<15} description"]
     for name, imp in imperfections.items():
         desc = imp.description + (" [random: each draw is another realisation]" if imp.random else "")
-        lines.append(f"{name:<{width}}  {imp.unit:<5} {imp.default:>8g}  {desc}")
+        lines.append(f"{name:<{width}}  {imp.unit:<5} {imp.default:>8g}  {imp.range_text:<15} {desc}")
     return "\n".join(lines)
 
 
@@ -171,6 +171,10 @@ def parse_axes(sweeps: list[str] | None, drift: str | None, default_drift: str,
             values = parse_range(grid)
         except ValueError as exc:
             raise _option_error(option, str(exc), imperfections) from None
+        imp = imperfections[name]
+        if outside := [v for v in values if not imp.admits(v)]:
+            raise _option_error(option, f"{outside[0]:g} is outside {name}'s range ({imp.range_text})",
+                                imperfections)
         axes.append(Axis(name, imperfections[name].unit, tuple(values)))
     return tuple(axes)
 

@@ -6,6 +6,7 @@ import csv
 import math
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,10 @@ from satlab import checkpoint, strict_json
 from satlab.config import RunConfig, TrainingConfig, parse_range
 from satlab.data import Dataset, epoch_order
 from satlab.deployment import WEIGHTS_FILE, deploy, export_weights
+from satlab.ecosystem_log import EcosystemLog
 from satlab.estimators import ESTIMATORS, GradientEstimator
 from satlab.evaluation import imperfection_sweep
+from satlab.live_status import LiveStatus, StopRequested
 from satlab.network import HybridNet
 from satlab.optim import SAM, WSAM
 from satlab.physical_layer import PhysicalLayer
@@ -29,7 +32,9 @@ from satlab.rig import Rig
 from satlab.rigfile import RigSpec
 from satlab.sat import SatController
 from satlab.systems import LayerBackend, system_for
+from satlab.systems.protocol import System
 from satlab.validation import ConfigError
+from satlab.weight_space import WeightSpace, deployment_summary
 
 METRIC_FIELDS = ["epoch", "step", "loss", "accuracy", "rig_queries", "rig_seconds", "wall_seconds"]
 
@@ -66,6 +71,7 @@ def check_model_matches_rig(cfg: RunConfig, spec: RigSpec, config_path: Path | s
     if cfg.training.rho_alignment and not ESTIMATORS[cfg.estimator.name].forward_on_rig:
         raise ConfigError(config_path, "training.rho_alignment",
                           f"the knobs' slopes are measured on the rig; {cfg.estimator.name} never queries it")
+    check_methods_fit_system(cfg, system, config_path)
     layers, sizes = system.layer_shapes(), cfg.model.physical
     if len(layers) != len(sizes) - 1:
         raise ConfigError(config_path, "model.physical",
@@ -75,6 +81,32 @@ def check_model_matches_rig(cfg: RunConfig, spec: RigSpec, config_path: Path | s
             raise ConfigError(config_path, "model.physical",
                               f"layer {i} is {sizes[i]}->{sizes[i + 1]} but rig layer {name} "
                               f"is {n_in}->{n_out}")
+
+
+def check_methods_fit_system(cfg: RunConfig, system: System, config_path: Path | str) -> None:
+    """Noise on weights, method prune and training in weight space need layers with weights."""
+    t, weights = cfg.training, system.weight_range is not None
+    kind = f"the layers of rig {cfg.rig} (system {system.spec.type})"
+    if t.noise_on == "weights" and not weights:
+        raise ConfigError(config_path, "training.noise_on",
+                          f"weights, but {kind} have no weights (y = W x); expected controls")
+    if "prune" in t.methods and not weights:
+        raise ConfigError(config_path, "training.methods",
+                          f"prune penalises how fast a layer's weights move with its controls; {kind} "
+                          "have no weights (y = W x)")
+    if t.space != "weights":
+        return
+    if not weights:
+        raise ConfigError(config_path, "training.space",
+                          f"weights, but {kind} have no weights (y = W x); expected controls")
+    if cfg.estimator.name != "twin_autograd":
+        raise ConfigError(config_path, "estimator.name",
+                          f"{cfg.estimator.name}, but training.space: weights trains the weights in "
+                          "silico (no rig queries); expected twin_autograd")
+    if "prune" in t.methods:
+        raise ConfigError(config_path, "training.methods",
+                          "prune penalises the weights' slope in the controls; training.space: "
+                          "weights trains the weights themselves (expected space: controls)")
 
 
 @dataclass
@@ -101,7 +133,10 @@ def build_trainee(cfg: RunConfig, rig: Rig, method: str, weights: dict | None = 
     t = cfg.training
     torch.manual_seed(t.seed)
     estimator = make_estimator(cfg)
-    backends = system_for(rig.spec, rig.path).build_layers(rig)
+    system = system_for(rig.spec, rig.path)
+    backends = system.build_layers(rig)
+    if t.space == "weights":
+        backends = [WeightSpace(b, system.weight_range) for b in backends]
     model = HybridNet(cfg.model, backends, estimator, torch.Generator().manual_seed(t.seed))
     if weights is not None:
         deploy(model, weights)
@@ -122,7 +157,7 @@ def build_trainee(cfg: RunConfig, rig: Rig, method: str, weights: dict | None = 
     else:
         optimizer = base([{k: v for k, v in g.items() if k not in ("rho", "adaptive")} for g in groups])
     controller = SatController(model, nn.functional.cross_entropy, optimizer, method,
-                               cfg.training.knobs_at_once)
+                               t.knobs_at_once, t.noise_on, t.prune_lambda)
     return Trainee(model, controller, estimator, backends)
 
 
@@ -178,18 +213,26 @@ def set_learning_rates(t: TrainingConfig, optimizer: torch.optim.Optimizer, step
 
 
 def control_noise(t: TrainingConfig, step: int, layers: list[PhysicalLayer]) -> list[torch.Tensor]:
-    """Method noise's draw for a step, one vector per physical layer: from the seed and the
-    step only, so a resumed run draws the same."""
+    """Method noise's draw for a step, one per physical layer (a vector over its controls, or
+    with noise_on: weights a matrix (out, in)): from the seed and the step only, so a resumed
+    run draws the same."""
     rng = np.random.default_rng([t.seed, step, 1])
-    return [torch.from_numpy(rng.standard_normal(layer.controls.numel()) * t.noise_std) for layer in layers]
+    shapes = ([(layer.backend.out_features, layer.backend.in_features) for layer in layers]
+              if t.noise_on == "weights" else [(layer.controls.numel(),) for layer in layers])
+    return [torch.from_numpy(rng.standard_normal(shape) * t.noise_std) for shape in shapes]
 
 
 def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method: str,
-                 rig_start: dict, progress: bool = True, weights: dict | None = None) -> dict:
-    """Train one method (sat or plain) in ``run_dir/method``, resuming from its checkpoint.
+                 rig_start: dict, progress: bool = True, weights: dict | None = None,
+                 live: LiveStatus | None = None, log: EcosystemLog | None = None) -> dict:
+    """Train one method (sat, plain, noise, prune, weights) in ``run_dir/method``, resuming
+    from its checkpoint.
 
     ``rig_start`` is the simulated rig's state when it was opened: every method
     starts from it, so a method is the same whether or not a resume came before it.
+    ``live`` publishes the run's state and raises StopRequested between steps when the
+    lab view asks for a stop (after checkpointing the completed step); ``log`` sends
+    scalars and the summary to TensorBoard / MLflow.
     """
     out = run_dir / method
     out.mkdir(parents=True, exist_ok=True)
@@ -199,6 +242,7 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
     epochs = 0 if method == "weights" else t.epochs
     wire_start = rig.wire_times()
     epoch, start_step, rows, wall0 = 0, 0, 0, 0.0
+    saved_at: tuple[int, int] | None = None  # (epoch, step) that checkpoint.pt resumes at
     rig.load_state_dict(rig_start)
     if checkpoint.exists(ckpt_path):
         state, used = checkpoint.load_latest(ckpt_path)
@@ -214,22 +258,40 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
         epoch, start_step, rows, wall0 = (state["epoch"], state["step"], state["metrics_rows"],
                                           state["wall_seconds"])
         _truncate_csv(metrics_path, rows)
+        saved_at = (epoch, start_step) if used == ckpt_path else None
     new_file = not metrics_path.exists() or metrics_path.stat().st_size == 0
     n = len(data.train_y)
     steps = math.ceil(n / t.batch_size)
     started = time.perf_counter()
     wall = lambda: wall0 + time.perf_counter() - started
+    if live is not None:
+        live.begin(method, tr, rig, steps, epochs, epoch, start_step, wall)
+    if log is not None:
+        log.start_method(method, tr.estimator.name, epoch * steps + start_step)
+
     with ExitStack() as stack:
         f = stack.enter_context(open(metrics_path, "a", newline=""))
         writer = csv.writer(f)
         if new_file:
             writer.writerow(METRIC_FIELDS)
+
+        def stop_if_requested(epoch: int, step: int, done: bool) -> None:
+            """Between steps, before step ``step`` of ``epoch``: a stop request checkpoints the
+            completed steps (a resume then loses nothing) and ends training as Ctrl-C would."""
+            if live is None or not live.stop_requested():
+                return
+            if saved_at != (epoch, step):
+                f.flush()
+                checkpoint.save_atomic(_snapshot(tr, rig, epoch, step, rows, wall(), done), ckpt_path)
+            raise StopRequested()
+
         bar = stack.enter_context(tqdm(
             total=epochs * steps, initial=epoch * steps + start_step, disable=not progress,
             desc=f"{method} ({tr.estimator.name})", unit="step", dynamic_ncols=True))
         while epoch < epochs:
             order = epoch_order(n, t.seed, epoch)
             for step in range(start_step, steps):
+                stop_if_requested(epoch, step, done=False)
                 idx = order[step * t.batch_size:(step + 1) * t.batch_size]
                 at = epoch * steps + step
                 set_learning_rates(t, tr.controller.optimizer, at, epochs * steps)
@@ -242,16 +304,25 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
                                 qps=f"{tr.rig_queries / max(wall(), 1e-9):.0f}")
                 done_steps = epoch * steps + step + 1
                 if done_steps % t.log_every == 0 or step == steps - 1:
-                    writer.writerow([epoch, step, f"{loss.item():.6f}", f"{acc:.4f}", tr.rig_queries,
-                                     f"{tr.rig_seconds:.3f}", f"{wall():.3f}"])
+                    row = [epoch, step, f"{loss.item():.6f}", f"{acc:.4f}", tr.rig_queries,
+                           f"{tr.rig_seconds:.3f}", f"{wall():.3f}"]
+                    writer.writerow(row)
                     rows += 1
+                    if log is not None:  # the numbers of metrics.csv, as written there
+                        log.on_metrics(epoch * steps + step, dict(zip(METRIC_FIELDS[2:6],
+                                                                      map(float, row[2:6]))))
                 if done_steps % t.checkpoint_every == 0 or step == steps - 1:
                     f.flush()
                     at_end = step == steps - 1
-                    checkpoint.save_atomic(
-                        _snapshot(tr, rig, epoch + at_end, 0 if at_end else step + 1, rows, wall(),
-                                  done=at_end and epoch + 1 == epochs), ckpt_path)
+                    saved_at = (epoch + at_end, 0 if at_end else step + 1)
+                    checkpoint.save_atomic(_snapshot(tr, rig, *saved_at, rows, wall(),
+                                                     done=at_end and epoch + 1 == epochs), ckpt_path)
+                if live is not None:
+                    live.step(epoch, step, loss, acc)
             epoch, start_step = epoch + 1, 0
+        stop_if_requested(epoch, 0, done=True)  # before evaluation, which may take long
+    if live is not None:
+        live.training_done()
     summary = {
         "method": method,
         "estimator": tr.estimator.name,
@@ -265,11 +336,21 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
     }
     if wire := {n: (w - wire_start[n]).summary() for n, w in rig.wire_times().items()}:
         summary["wire"] = wire  # measured by the drivers: this process's training of the method
-    summary.update(evaluate_trainee(cfg, tr, rig, data, parse_range(cfg.evaluation.drift), progress))
+    # a stop request during evaluation stops at the next point, as Ctrl-C would; training is
+    # checkpointed as done, so a resume evaluates again
+    summary.update(evaluate_trainee(cfg, tr, rig, data, parse_range(cfg.evaluation.drift), progress,
+                                    before_point=live and live.raise_if_stop_requested))
+    if t.space == "weights":  # evaluated as deployed: what is on the rig, and how close it is
+        summary["deployed"] = deployment_summary(tr.model)
     if weights is not None:
         summary["deployed_from"] = str(weights["path"])
     export_weights(tr.model, out / WEIGHTS_FILE)
     (out / "summary.json").write_text(strict_json.dumps(summary))
+    if log is not None:
+        log.on_summary(summary)
+        log.end_method("FINISHED")
+    if live is not None:
+        live.end_method()
     return summary
 
 
@@ -285,12 +366,13 @@ def control_stats(tr: Trainee) -> list[dict]:
 
 
 def evaluate_trainee(cfg: RunConfig, tr: Trainee, rig: Rig, data: Dataset, drifts: list[float],
-                     progress: bool = True) -> dict:
-    """Test accuracy at the calibration state and, if the system drifts, over a drift sweep."""
+                     progress: bool = True, before_point: Callable[[], None] | None = None) -> dict:
+    """Test accuracy at the calibration state and, if the system drifts, over a drift sweep
+    (``before_point`` runs before each of its points)."""
     drifting = "drift_K" in system_for(rig.spec, rig.path).imperfections
     rows = imperfection_sweep(tr.model, rig, data.test_x, data.test_y, [("drift_K", drifts)],
-                              batch_size=cfg.evaluation.batch_size,
-                              progress=progress) if drifting else []
+                              batch_size=cfg.evaluation.batch_size, progress=progress,
+                              before_point=before_point) if drifting else []
     return drift_results(cfg, tr, rig, data, rows)
 
 

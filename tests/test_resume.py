@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import signal
 
@@ -23,12 +24,26 @@ def columns(path):
         return [[row[k] for k in DETERMINISTIC] for row in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("method, schedule", [("sat", "constant"), ("noise", "cosine")])
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, method, schedule):
+FINITE_DIFFERENCES = {"name": "finite_difference"}  # slow enough per step to be killed mid-run
+# method, training overrides, estimator
+CASES = {
+    "sat": ("sat", {}, FINITE_DIFFERENCES),
     # noise: its draws survive the kill too; cosine: so does the learning rate's decay
-    cfg = tiny_config(TWO_LAYER_RIG, methods=[method], epochs=2, checkpoint_every=3, noise_std=2e-4,
-                      lr_schedule=schedule)
-    cfg["estimator"] = {"name": "finite_difference"}  # slow enough per step to be killed mid-run
+    "noise, cosine": ("noise", {"noise_std": 2e-4, "lr_schedule": "cosine"}, FINITE_DIFFERENCES),
+    "noise on weights": ("noise", {"noise_std": 0.05, "noise_on": "weights"}, FINITE_DIFFERENCES),
+    "prune": ("prune", {"prune_lambda": 1e-6}, FINITE_DIFFERENCES),
+    # in silico, so fast per step: small batches make many steps after the first checkpoint
+    "sat in weight space": ("sat", {"space": "weights", "lr_controls": 0.01, "rho": 0.05, "batch_size": 2},
+                            {"name": "twin_autograd"}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, case):
+    method, training, estimator = CASES[case]
+    cfg = tiny_config(TWO_LAYER_RIG, methods=[method], epochs=2, checkpoint_every=3, **training)
+    cfg["estimator"] = estimator
+    steps = math.ceil(120 / cfg["training"]["batch_size"])  # per epoch: 12 digits x 10 classes
     path = write_yaml(tmp_path / "tiny.yaml", cfg)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
 
@@ -38,7 +53,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, method, schedu
     assert proc.returncode == -signal.SIGKILL
     state = checkpoint.load(ckpt)
     assert not state["done"] and not (killed / method / "summary.json").exists()
-    assert 0 < state["epoch"] * 5 + state["step"] < 10  # 2 epochs of 5 steps: killed mid-run
+    assert 0 < state["epoch"] * steps + state["step"] < 2 * steps  # killed mid-run
 
     resumed = train("--resume", killed)
     uninterrupted = train(path, "--run-dir", whole)

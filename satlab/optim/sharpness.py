@@ -1,4 +1,4 @@
-"""Sharpness probes: top Hessian eigenvalue and max loss in a rho-ball, for weights or controls."""
+"""Sharpness probes: top Hessian eigenvalue, Hessian trace, max loss in a rho-ball; weights or controls."""
 
 from __future__ import annotations
 
@@ -47,6 +47,45 @@ def top_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence
     return eig
 
 
+def hutchinson_trace(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor],
+                     samples: int = 20, seed: int = 0) -> tuple[float, float]:
+    """(Hessian trace of loss_fn() w.r.t. params, its standard error) by Hutchinson's estimator."""
+    if samples < 2:
+        raise ValueError(f"samples must be at least 2 for a standard error, got {samples}")
+    params = list(params)
+    gen = torch.Generator().manual_seed(seed)
+    with _requiring_grad(params):
+        loss = loss_fn()
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        draws = []
+        for _ in range(samples):
+            # Rademacher rather than Gaussian probes: lower variance, exact for a diagonal Hessian.
+            v = [(torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(p.dtype).to(p.device)
+                 for p in params]
+            hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+            draws.append(float(global_dot(list(hv), v)))
+    values = torch.tensor(draws, dtype=torch.float64)
+    return float(values.mean()), float(values.std() / samples ** 0.5)
+
+
+@torch.no_grad()
+def ascend_in_ball(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                   centre: Sequence[torch.Tensor], rho: float) -> bool:
+    """One normalised ascent step of length rho, pulled back into the rho-ball about ``centre``;
+    False (nothing moved) where the gradient is zero."""
+    gn = float(global_norm(list(grads)))
+    if gn == 0.0:
+        return False
+    params = list(params)
+    torch._foreach_add_(params, list(grads), alpha=rho / gn)
+    delta = torch._foreach_sub([p.detach() for p in params], list(centre))
+    dn = float(global_norm(delta))
+    if dn > rho:  # back onto the sphere: the maximiser of a convex loss lies there
+        torch._foreach_mul_(delta, rho / dn)
+        torch._foreach_copy_(params, torch._foreach_add(list(centre), delta))
+    return True
+
+
 @torch.no_grad()
 def max_loss_in_ball(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor],
                      rho: float, steps: int = 5,
@@ -60,17 +99,10 @@ def max_loss_in_ball(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch
         for _ in range(steps):
             g = torch.autograd.grad(loss_fn(), params, allow_unused=True)
             g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)]
-            gn = float(global_norm(g))
-            if gn == 0.0:
+            if not ascend_in_ball(params, g, w0, rho):
                 break
-            with torch.no_grad():
-                torch._foreach_add_(params, g, alpha=rho / gn)
-                delta = torch._foreach_sub([p.detach() for p in params], w0)
-                dn = float(global_norm(delta))
-                if dn > rho:  # back onto the sphere: the maximiser of a convex loss lies there
-                    torch._foreach_mul_(delta, rho / dn)
-                    torch._foreach_copy_(params, torch._foreach_add(w0, delta))
-                if project is not None:
+            if project is not None:
+                with torch.no_grad():
                     project()  # e.g. keep heater currents inside the driver's range
             best = max(best, float(loss_fn().detach()))
     for p, w in zip(params, w0):

@@ -165,6 +165,20 @@ class D2nnLayerBackend(LayerBackend):
             out[p] = normalised_signals(torch.from_numpy(frames), self.regions).numpy()
         return out
 
+    def control_grid(self) -> tuple[int, int]:
+        """The masks' macro-pixel grids, one below the other."""
+        rows, cols = self.pixels.height // self.pixels.block, self.pixels.width // self.pixels.block
+        return rows * len(self.spec.slms), cols
+
+    def camera_regions(self) -> tuple[str, list[list[int]]]:
+        """The camera and the bounding box of each detector region (a calibration's regions
+        need not be square)."""
+        boxes = []
+        for mask in self.regions.numpy():
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            boxes.append([int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1])
+        return self.spec.camera, boxes
+
     def project(self, controls: torch.Tensor, margin: float = 0.0) -> None:
         """Wrap phases into [0, 2π): a phase has no edge to clamp at."""
         with torch.no_grad():
@@ -180,9 +194,9 @@ class D2nnSystem(System):
         "mask_shift_px": Imperfection("px", 0.0, "lateral shift of every mask (grid pixels)"),
         "axial_error_um": Imperfection("um", 0.0, "error of every distance between masks"),
         "slm_fringing_px": Imperfection("px", 0.0, "SLM pixel crosstalk: the shown phase smoothed "
-                                                   "by a Gaussian of this width"),
+                                                   "by a Gaussian of this width", low=0.0),
         "input_intensity_std": Imperfection("1", 0.0, "relative fluctuation of each input pixel's "
-                                                      "light, frame by frame"),
+                                                      "light, frame by frame", low=0.0),
     }
     alignment_axes = ("mask_rotation_deg", "mask_shift_px", "axial_error_um")
 

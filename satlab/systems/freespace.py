@@ -75,6 +75,15 @@ class FreeSpaceLayerBackend(LayerBackend):
         self._full_scale = 2**rig.instruments[spec.camera].bit_depth - 1
         self.attach_knobs(rig, spec.alignment)
 
+    def control_grid(self) -> tuple[int, int]:
+        """The weight matrix shown: (out_features, in_features)."""
+        return self.out_features, self.in_features
+
+    def camera_regions(self) -> tuple[str, list[list[int]]]:
+        """Every pixel of the frames' first row is one tile's sum (a reference tile's last)."""
+        cols = self.rig.instruments[self.spec.camera].roi.width
+        return self.spec.camera, [[0, j, 1, j + 1] for j in range(cols)]
+
     def measure(self, x: torch.Tensor, settings: np.ndarray) -> np.ndarray:
         """Each row of weights shown, then one camera frame per input image."""
         if not np.isfinite(settings).all():  # refuse the stack whole, before any row is shown
@@ -99,7 +108,7 @@ class IncoherentFreeSpace(System):
     imperfections = {
         "rotation_deg": Imperfection("deg", 0.0, "rotation of the displayed weight tiles"),
         "shift_px": Imperfection("px", 0.0, "shift of the displayed weight tiles along the rows"),
-        "scale": Imperfection("x", 1.0, "magnification of the displayed weight tiles"),
+        "scale": Imperfection("x", 1.0, "magnification of the displayed weight tiles", low=0.1),
     }
     alignment_axes = ("rotation_deg", "shift_px", "scale")  # a knob's scale: a change from 1
 

@@ -112,6 +112,10 @@ class MrrLayerBackend(HeaterLayerBackend):
             self.max_sum_sq = limits.max_total_power / limits.heater_resistance_ohm * n / sharing
         self.twin: torch.nn.Module = twin or registry.lookup(spec.twin.driver)(**spec.twin.options)
 
+    def control_grid(self) -> tuple[int, int]:
+        """One heater per weight: (out_features, in_features)."""
+        return self.out_features, self.in_features
+
     def initial_controls(self, generator: torch.Generator, scale: float) -> torch.Tensor:
         """Currents on the rising branch whose weights are uniform in [-scale, scale]."""
         target = (torch.rand(self.out_features, self.in_features, generator=generator,
@@ -120,9 +124,12 @@ class MrrLayerBackend(HeaterLayerBackend):
 
     def weights_of(self, controls: torch.Tensor) -> torch.Tensor:
         """The twin's weights (out, in) at these currents."""
-        eye = torch.eye(self.in_features, dtype=torch.float64)
         with torch.no_grad():
-            return self.twin(eye, controls.detach().double()).T
+            return self.twin_weights(controls.detach().double())
+
+    def twin_weights(self, controls: torch.Tensor) -> torch.Tensor:
+        """The twin's weights (out, in) at these currents, differentiable: twin(eye) = W^T."""
+        return self.twin(torch.eye(self.in_features, dtype=controls.dtype), controls).T
 
     def controls_for_weights(self, weights: torch.Tensor) -> torch.Tensor:
         """Currents that give weights (out, in): through the calibrated map (crosstalk
@@ -138,15 +145,16 @@ class MrrWeightBank(System):
     """Layers of microring weight banks: heater source, WDM input modulator, balanced detectors."""
 
     Spec = MrrSystemSpec
+    weight_range = (-1.0, 1.0)  # balanced detection: through minus drop port, normalised
     imperfections = {
         "drift_K": Imperfection("K", 0.0, "chip temperature offset from calibration "
                                            "(resonances move by drift_nm_per_K)"),
         "fabrication_std_nm": Imperfection(
             "nm", 0.0, "extra random resonance offset per ring (another chip of the same "
-                       "process)", random=True),
-        "crosstalk_scale": Imperfection("x", 1.0, "thermal crosstalk relative to calibration"),
+                       "process)", random=True, low=0.0),
+        "crosstalk_scale": Imperfection("x", 1.0, "thermal crosstalk relative to calibration", low=0.0),
         "detector_noise_W": Imperfection("W", 0.0, "detector noise (std per reading); the "
-                                                   "default is the rig file's"),
+                                                   "default is the rig file's", low=0.0),
     }
 
     def check(self) -> None:

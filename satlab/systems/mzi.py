@@ -71,12 +71,12 @@ class MziMeshSystem(System):
     Spec = MziSystemSpec
     imperfections = {
         "sigma_bs": Imperfection("", 0.0, "coupler splitting error std (splitting 1/2 +- e)",
-                                 random=True),
+                                 random=True, low=0.0, high=1.0),
         "sigma_phase": Imperfection("rad", 0.0, "phase error std on every theta and phi",
-                                    random=True),
-        "crosstalk_scale": Imperfection("x", 1.0, "thermal crosstalk relative to the rig file's"),
+                                    random=True, low=0.0),
+        "crosstalk_scale": Imperfection("x", 1.0, "thermal crosstalk relative to the rig file's", low=0.0),
         "detector_noise_W": Imperfection("W", 0.0, "detector noise (std per reading); the "
-                                                   "default is the rig file's"),
+                                                   "default is the rig file's", low=0.0),
     }
 
     def check(self) -> None:

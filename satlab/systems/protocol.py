@@ -12,6 +12,7 @@ only this module, never a concrete system.
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -40,6 +41,23 @@ class Imperfection:
     default: float
     description: str
     random: bool = False  # a value is a distribution: each draw gives another realisation
+    low: float = -math.inf  # the values that mean something (a std is never negative)
+    high: float = math.inf
+
+    def admits(self, value: float) -> bool:
+        """Whether ``value`` lies in the imperfection's declared range."""
+        return self.low <= value <= self.high
+
+    @property
+    def range_text(self) -> str:
+        """The declared range, e.g. ``>= 0`` or ``0 to 1``."""
+        if math.isinf(self.low) and math.isinf(self.high):
+            return "any finite value"
+        if math.isinf(self.high):
+            return f">= {self.low:g}"
+        if math.isinf(self.low):
+            return f"<= {self.high:g}"
+        return f"{self.low:g} to {self.high:g}"
 
 
 @dataclass(frozen=True)
@@ -163,6 +181,17 @@ class LayerBackend(ABC):
         """Number of trainable controls."""
         return self.controls.size
 
+    def control_grid(self) -> tuple[int, int]:
+        """How the controls lie as a picture, (rows, cols) in row-major order: for the live
+        status; (1, n) unless the layer has a natural grid."""
+        return 1, self.n_controls
+
+    def camera_regions(self) -> tuple[str, list[list[int]]] | None:
+        """The camera this layer reads and its detector regions as pixel boxes
+        [row0, col0, row1, col1] (row1, col1 excluded) on that camera's frames, for the live
+        status; None: the layer reads no camera."""
+        return None
+
     @abstractmethod
     def measure(self, x: torch.Tensor, settings: np.ndarray) -> np.ndarray:
         """Apply each row of ``settings`` (P, n) with inputs x (B, in); read (P, B, out).
@@ -212,6 +241,19 @@ class LayerBackend(ABC):
         """The layer's weights (out, in) at these controls; None: the layer has no weights."""
         return None
 
+    def twin_weights(self, controls: torch.Tensor) -> torch.Tensor:
+        """The twin's weights (out, in) at these controls, differentiable in them (layers
+        linear in their inputs only)."""
+        raise NotImplementedError(f"layer {self.name} has no weights")
+
+    def weight_sensitivity(self, controls: torch.Tensor) -> torch.Tensor:
+        """Sum over the controls c_k of ||dw/dc_k||_2, w the twin's weights: a scalar whose
+        own gradient (second derivatives of the twin) autograd can take."""
+        # jacrev batches one vector-Jacobian product per weight: exact for any twin, and
+        # differentiable again by ordinary autograd
+        jac = torch.func.jacrev(lambda c: self.twin_weights(c).flatten())(controls)
+        return torch.linalg.vector_norm(jac, dim=0).sum()
+
     def controls_for_weights(self, weights: torch.Tensor) -> torch.Tensor:
         """Controls that show weights (out, in) on this layer."""
         raise NotImplementedError(f"layer {self.name} cannot be set from weights")
@@ -252,6 +294,9 @@ class System(ABC):
     Spec: ClassVar[type[SystemSpec]]
     imperfections: ClassVar[dict[str, Imperfection]] = {}
     alignment_axes: ClassVar[tuple[str, ...]] = ()  # imperfections a stage or mount can move
+    # Layers linear in their inputs (y = W x) have weights, in this range; None: no weights.
+    # Known before the rig opens, so configs that need weights are refused early.
+    weight_range: ClassVar[tuple[float, float] | None] = None
 
     def __init__(self, rig_spec: RigSpec, path: str | Path = "<rig>") -> None:
         self.rig_spec, self.path = rig_spec, Path(path)

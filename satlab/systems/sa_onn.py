@@ -77,10 +77,10 @@ class SaOnnSystem(System):
     Spec = SaOnnSystemSpec
     imperfections = {
         "od_scale": Imperfection("x", 1.0, "optical depth of every cell relative to the rig file's "
-                                           "(the vapour's temperature drifts)"),
-        "i_sat_scale": Imperfection("x", 1.0, "saturation intensity relative to the rig file's"),
+                                           "(the vapour's temperature drifts)", low=0.0),
+        "i_sat_scale": Imperfection("x", 1.0, "saturation intensity relative to the rig file's", low=0.1),
         "detector_noise_W": Imperfection("W", 0.0, "detector noise (std per reading); the "
-                                                   "default is the rig file's"),
+                                                   "default is the rig file's", low=0.0),
     }
 
     def check(self) -> None:

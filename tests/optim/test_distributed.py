@@ -43,7 +43,12 @@ def _worker(rank, world, init_file, out_dir):
         sam_ddp_step(da, CE, (xs, ys), oa)
         sam_ddp_step(db, CE, (xs, ys), ob)
     torch.save({"a": ma.state_dict(), "b": mb.state_dict()}, os.path.join(out_dir, f"{rank}.pt"))
+    dist.barrier()  # both results are on disk before either process tears gloo down
     dist.destroy_process_group()
+    # gloo's threads can still be joinable while the interpreter's C++ destructors run,
+    # which aborts the process ("terminate called without an active exception") after
+    # its work is done and saved: leave without running them
+    os._exit(0)
 
 
 # Some torch builds (e.g. certain macOS/mobile wheels) ship without torch.distributed; the
