@@ -632,15 +632,17 @@ def cmd_view(args: argparse.Namespace) -> int:
     if args.token is not None and len(args.token) < MIN_TOKEN_LENGTH:
         raise ConfigError("--token", "", f"expected at least {MIN_TOKEN_LENGTH} characters "
                           "(e.g. openssl rand -hex 16)")
-    if not is_loopback(args.host) and not args.allow_remote:
-        raise ConfigError("--host", "", f"{args.host} is reachable from other machines: add "
-                          "--allow-remote --token TOKEN, or keep 127.0.0.1 and use an SSH tunnel "
-                          "(docs/lab-view.md)")
     try:
         sock = bind(args.host, args.port)
     except OSError as exc:  # a taken port, an address this machine does not have
         raise ConfigError(f"{args.host}:{args.port}", "", f"cannot listen there: "
                           f"{exc.strerror or exc}") from None
+    # the address bound, not the name given: a name may resolve to any interface
+    if not is_loopback(sock.getsockname()[0]) and not args.allow_remote:
+        sock.close()
+        raise ConfigError("--host", "", f"{args.host} is reachable from other machines: add "
+                          "--allow-remote --token TOKEN, or keep 127.0.0.1 and use an SSH tunnel "
+                          "(docs/lab-view.md)")
     app = create_app(paths, args.token)
     address = url(args.host, sock) + (f"?token={args.token}" if args.token else "")
     print(f"satlab view: {address}\nCtrl-C stops the server", flush=True)

@@ -21,11 +21,12 @@ from typing import Any
 import yaml
 
 from satlab import strict_json
+from satlab.live_files import METRIC_FIELDS
 from satlab.validation import ConfigError
 
 KINDS = ("tensorboard", "mlflow")
 EXTRA = "log"  # pyproject's optional dependencies
-SCALARS = ("loss", "accuracy", "rig_queries", "rig_seconds")  # metrics.csv's columns, logged
+SCALARS = METRIC_FIELDS[2:6]  # metrics.csv's columns that are logged: loss to rig_seconds
 
 
 def check_available(kinds: list[str]) -> None:

@@ -1,14 +1,16 @@
-"""Where a run's live files are, and the stop request: shared by the training process and the
-lab view, without torch (the view server never loads it)."""
+"""Where a run's live files are, their columns, and the stop request: shared by the training
+process and the lab view, without torch (the view server never loads it)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 
+from satlab import atomic_file
+
 LIVE_DIR, STATUS_FILE, FRAME_FILE, STOP_FILE = "live", "status.json", "frame.png", "stop"
+# a method's metrics.csv, appended while it trains
+METRIC_FIELDS = ("epoch", "step", "loss", "accuracy", "rig_queries", "rig_seconds", "wall_seconds")
 
 
 def live_dir(run_dir: Path | str) -> Path:
@@ -21,12 +23,6 @@ def request_stop(run_dir: Path | str) -> Path:
     folder = live_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / STOP_FILE
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=STOP_FILE + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{time.time():.3f}\n")  # when it was asked: for people reading the folder
-        os.replace(tmp, path)  # appears whole, or not at all
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # appears whole or not at all; its text, when it was asked, is for people reading the folder
+    atomic_file.write_text(path, f"{time.time():.3f}\n")
     return path

@@ -20,7 +20,6 @@ import itertools
 import os
 import socket
 import sys
-import tempfile
 import time
 import weakref
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from satlab import strict_json
+from satlab import atomic_file, strict_json
 from satlab.live_files import FRAME_FILE, STATUS_FILE, STOP_FILE, live_dir
 
 if TYPE_CHECKING:
@@ -315,12 +314,5 @@ class LiveStatus:
 
         small = block_mean(np.asarray(frame, dtype=np.float32), FRAME_PIXELS)
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=FRAME_FILE + ".", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_file.replacing(self.dir / FRAME_FILE) as tmp:
             imsave(tmp, small, cmap="gray", format="png")
-            os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the view may run as another user
-            os.replace(tmp, self.dir / FRAME_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise

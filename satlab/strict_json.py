@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from satlab import atomic_file
 
 
 def finite_or_none(obj: Any) -> Any:
@@ -27,18 +27,6 @@ def dumps(obj: Any, indent: int | None = 2) -> str:
 
 
 def write_atomic(path: Path, obj: Any, indent: int | None = 2, durable: bool = True) -> None:
-    """Write ``dumps(obj)`` so that readers see the old file or the whole new one, never a part;
-    ``durable``: on disk before the rename (a result), else only atomic (a status replaced
-    several times a second, where an fsync would cost the writer milliseconds each)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(dumps(obj, indent))
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; results are read by others too
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``path`` replaced whole by ``dumps(obj)``; ``durable``: on disk before the rename
+    (a result), else only atomic (a status)."""
+    atomic_file.write_text(path, dumps(obj, indent), durable)

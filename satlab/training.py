@@ -21,9 +21,10 @@ from satlab import checkpoint, strict_json
 from satlab.config import RunConfig, TrainingConfig, parse_range
 from satlab.data import Dataset, epoch_order
 from satlab.deployment import WEIGHTS_FILE, deploy, export_weights
-from satlab.ecosystem_log import EcosystemLog
+from satlab.ecosystem_log import SCALARS, EcosystemLog
 from satlab.estimators import ESTIMATORS, GradientEstimator
 from satlab.evaluation import imperfection_sweep
+from satlab.live_files import METRIC_FIELDS
 from satlab.live_status import LiveStatus, StopRequested
 from satlab.network import HybridNet
 from satlab.optim import SAM, WSAM
@@ -35,8 +36,6 @@ from satlab.systems import LayerBackend, system_for
 from satlab.systems.protocol import System
 from satlab.validation import ConfigError
 from satlab.weight_space import WeightSpace, deployment_summary
-
-METRIC_FIELDS = ["epoch", "step", "loss", "accuracy", "rig_queries", "rig_seconds", "wall_seconds"]
 
 
 def make_estimator(cfg: RunConfig) -> GradientEstimator:
@@ -309,7 +308,7 @@ def train_method(cfg: RunConfig, rig: Rig, data: Dataset, run_dir: Path, method:
                     writer.writerow(row)
                     rows += 1
                     if log is not None:  # the numbers of metrics.csv, as written there
-                        log.on_metrics(epoch * steps + step, dict(zip(METRIC_FIELDS[2:6],
+                        log.on_metrics(epoch * steps + step, dict(zip(SCALARS,
                                                                       map(float, row[2:6]))))
                 if done_steps % t.checkpoint_every == 0 or step == steps - 1:
                     f.flush()

@@ -272,3 +272,5 @@ def test_a_shipped_study_validates_whole(path):
     assert [tuple(a.name for a in axes) for axes in loaded.sweeps] == [tuple(s) for s in spec["sweeps"]]
     assert all(c.simulated for c in loaded.cells)
     assert len({c.digest for c in loaded.cells}) == len(loaded.cells)
+    # the study's sweeps evaluate a cell; training scores the nominal point only
+    assert {c.config["evaluation"]["drift"] for c in loaded.cells} == {"0"}

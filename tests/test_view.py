@@ -706,7 +706,7 @@ def test_stop_refuses_a_run_that_is_not_running(runs, state):
 # --- the command ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,expected", [
-    (["--host", "0.0.0.0"], "--host: 0.0.0.0 is reachable from other machines"),
+    (["--host", "0.0.0.0", "--port", "0"], "--host: 0.0.0.0 is reachable from other machines"),
     (["--host", "0.0.0.0", "--allow-remote"], "--allow-remote: and --token TOKEN go together"),
     (["--host", "0.0.0.0", "--token", TOKEN], "--allow-remote: and --token TOKEN go together"),
     (["--host", "0.0.0.0", "--allow-remote", "--token", "short"], "--token: expected at least 16"),
@@ -715,6 +715,23 @@ def test_view_refuses_to_listen_beyond_this_machine_without_both_flags(trained, 
     assert main(["view", str(trained), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {expected}") and err.count("\n") == 1
+
+
+def test_view_judges_the_address_it_bound_not_the_name_given(trained, capsys, monkeypatch):
+    import satlab.view.server as server
+
+    bound = []
+
+    def bind_everywhere(host, port):  # a name that resolves to every interface
+        sock = real_bind("0.0.0.0", port)
+        bound.append(sock)
+        return sock
+
+    real_bind = server.bind
+    monkeypatch.setattr(server, "bind", bind_everywhere)
+    assert main(["view", str(trained), "--host", "lab.localhost", "--port", "0"]) == 2
+    assert "--host: lab.localhost is reachable from other machines" in capsys.readouterr().err
+    assert bound and bound[0].fileno() == -1  # closed again
 
 
 def test_view_refuses_a_folder_that_is_not_there(tmp_path, capsys):

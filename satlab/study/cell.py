@@ -16,6 +16,8 @@ import platform
 import subprocess
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,15 +101,21 @@ def failure(cell: Cell, exc: BaseException, **extra) -> dict:
             **extra}
 
 
+@contextmanager
+def cell_lock(path: Path) -> Iterator[None]:
+    """Hold the cell whose result is ``path``: a worker Dask gave up on may still be running it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def run_cell(job: CellJob) -> dict:
     """Run (or resume) one cell and write its result; a failure is recorded, not raised."""
     from satlab.process import prepare_for_training
 
     cell = job.cell
-    job.result_path.parent.mkdir(parents=True, exist_ok=True)
-    # One process per cell at a time: a worker Dask gave up on may still be running it.
-    with open(job.result_path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with cell_lock(job.result_path):
         previous = read_result(job.result_path)
         if is_done(previous, cell):
             return previous

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from satlab import atomic_file  # noqa: E402
 from satlab.study.table import SHARPNESS_COLUMNS  # noqa: E402
 from satlab.sweeps import BN_LABELS  # noqa: E402
 
@@ -164,7 +165,7 @@ def write_report(out: Path, title: str, bn: str = "eval") -> tuple[Path, list[Pa
     written = []
     for name, png in figures:
         path = out / f"{name}.png"
-        path.write_bytes(png)
+        atomic_file.write_bytes(path, png)
         written.append(path)
     failed = table[table["status"] != "ok"].drop_duplicates("cell")
     cells = table.drop_duplicates("cell")
@@ -190,5 +191,5 @@ def write_report(out: Path, title: str, bn: str = "eval") -> tuple[Path, list[Pa
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     report = out / "report.html"
-    report.write_text(page)
+    atomic_file.write_text(report, page)
     return report, written

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from satlab import strict_json
 from satlab.study.cell import (
     CellJob,
+    cell_lock,
     failure,
     is_done,
     read_result,
@@ -82,8 +83,8 @@ def _line(result: dict) -> str:
 
 
 def run_study(study: Study, workers: int | None = None, scheduler: str | None = None,
-              progress: bool = True) -> list[dict]:
-    """Run every pending cell of ``study`` and write its table; returns the results of this call."""
+              progress: bool = True) -> None:
+    """Run every pending cell of ``study`` and write its table."""
     with study_folder(study):
         todo = set(pending(study))
         done = len(study.cells) - len(todo)
@@ -94,12 +95,10 @@ def run_study(study: Study, workers: int | None = None, scheduler: str | None = 
         ids = [c.id for c in study.cells]
         print(f"study {study.spec.name}: {len(study.cells)} cells, {done} already done, "
               f"{len(jobs)} to run -> {study.out}")
-        results: list[dict] = []
         bar = tqdm(total=len(study.cells), initial=done, unit="cell", desc=study.spec.name,
                    disable=not progress, dynamic_ncols=True)
 
         def finished(result: dict) -> None:
-            results.append(result)
             write_table(build_table(study.out, ids), study.out)
             bar.update()
             bar.write(_line(result))
@@ -114,7 +113,6 @@ def run_study(study: Study, workers: int | None = None, scheduler: str | None = 
                 for job in here:
                     finished(run_cell(job))
         write_table(build_table(study.out, ids), study.out)
-    return results
 
 
 def _run_on_dask(remote: list[CellJob], workers: int | None, scheduler: str | None,
@@ -129,12 +127,12 @@ def _run_on_dask(remote: list[CellJob], workers: int | None, scheduler: str | No
         futures = {client.submit(run_cell, job, pure=False,
                                  key=f"satlab-cell-{folder}-{job.cell.id}-{job.cell.digest}"): job
                    for job in remote}
-        pending = as_completed(futures)
+        completed = as_completed(futures)
         for job in here:
             finished(run_cell(job))
-            for future in pending.next_batch(block=False):  # report what finished meanwhile
+            for future in completed.next_batch(block=False):  # report what finished meanwhile
                 finished(_outcome(future, futures[future]))
-        for future in pending:
+        for future in completed:
             finished(_outcome(future, futures[future]))
 
 
@@ -144,11 +142,12 @@ def _outcome(future, job: CellJob) -> dict:
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001 - the cell is recorded failed, the study goes on
-        result = read_result(job.result_path)
-        if is_done(result, job.cell):
-            return result
-        result = failure(job.cell, exc)
-        strict_json.write_atomic(job.result_path, result)
+        with cell_lock(job.result_path):  # a process still running it writes first
+            result = read_result(job.result_path)
+            if is_done(result, job.cell):
+                return result
+            result = failure(job.cell, exc)
+            strict_json.write_atomic(job.result_path, result)
         return result
 
 

@@ -84,7 +84,6 @@ class Cell:
     seed: int
     config: dict  # the resolved training config (JSON-able), training.seed set
     simulated: bool  # every instrument simulated: may fan out; otherwise it runs where the rig is
-    rig: str  # the rig file
     digest: str  # of everything that decides the cell's result
 
     @property
@@ -178,6 +177,9 @@ def load_study(path: str | Path, out: Path | None = None) -> Study:
             for seed in spec.seeds:
                 data = _merged(base, {**change, "rig": str(rig), "name": f"{system}-{method}-s{seed}"})
                 data["training"]["seed"] = seed
+                # the study's sweeps are the cell's evaluation: training's own drift sweep
+                # would score the same points again, so it measures the nominal point only
+                data.setdefault("evaluation", {})["drift"] = "0"
                 try:
                     cfg = RunConfig.model_validate(data)
                 except ValidationError as err:
@@ -194,7 +196,7 @@ def load_study(path: str | Path, out: Path | None = None) -> Study:
                 resolved = cfg.model_dump(mode="json")
                 digest = _digest([resolved, rigs[system].model_dump(mode="json"), spec.sweeps, spec.draws,
                                   spec.bn, spec.sharpness and spec.sharpness.model_dump()])
-                cells.append(Cell(system, method, seed, resolved, _simulated(rigs[system]), str(rig),
+                cells.append(Cell(system, method, seed, resolved, _simulated(rigs[system]),
                                   digest))
     # absolute: Dask workers write there from their own working directories
     out = Path(out or (folder / spec.out if spec.out else Path("studies") / spec.name)).resolve()

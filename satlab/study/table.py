@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from satlab import atomic_file
 from satlab.study.cell import read_result
 
 CELL_COLUMNS = ["cell", "system", "method", "seed", "status", "error", "training_method", "estimator",
@@ -38,20 +37,10 @@ def build_table(out: Path, cell_ids: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_table(table: pd.DataFrame, out: Path) -> list[Path]:
-    """``table.parquet`` and ``table.csv`` in ``out``, each replaced whole (never half-written)."""
-    written = []
-    for name, save in (("table.parquet", lambda t, p: t.to_parquet(p, index=False)),
-                       ("table.csv", lambda t, p: t.to_csv(p, index=False))):
-        path = out / name
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=name + ".", suffix=".tmp")
-        os.close(fd)
-        try:
-            save(table, tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a study table is shared
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        written.append(path)
-    return written
+def write_table(table: pd.DataFrame, out: Path) -> None:
+    """``table.parquet`` and ``table.csv`` in ``out``, replaced whole and together: both are
+    written before either replaces its old self."""
+    with atomic_file.replacing(out / "table.parquet") as parquet, \
+            atomic_file.replacing(out / "table.csv") as csv:
+        table.to_parquet(parquet, index=False)
+        table.to_csv(csv, index=False)

@@ -8,7 +8,9 @@ import math
 import os
 from pathlib import Path
 
-COLUMNS = ("x", "epoch", "step", "loss", "accuracy", "rig_queries", "rig_seconds", "wall_seconds")
+from satlab.live_files import METRIC_FIELDS
+
+COLUMNS = ("x", *METRIC_FIELDS)
 
 
 def _number(text: str, kind: type) -> float | int | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from satlab.live_files import STATUS_FILE
 
-MAX_BYTES = 32 * 1024 * 1024  # a D2NN's masks are ~10^5 fractions; far beyond that is not a status
+MAX_BYTES = 32 * 1024 * 1024  # published heat maps are at most 64x64 per layer; far beyond is not a status
 MAX_TEXT = 4000  # an error message or identity longer than this is cut for the page
 MAX_ITEMS = 1 << 20
 COMMANDS_SHOWN = 50
