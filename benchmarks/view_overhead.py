@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import psutil
 import yaml
 
@@ -54,7 +54,7 @@ def free_port() -> int:
 
 def watch(base: str, name: str, stop: threading.Event) -> None:
     """What an open page does: poll the run list until the run is there, read its event stream."""
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with httpx2.Client(base_url=base, timeout=30) as client:
         while not stop.is_set():
             ids = [r["id"] for r in client.get("/api/runs").json()["runs"] if r["id"].endswith(name)]
             if ids:
@@ -80,9 +80,9 @@ def train(config: Path, runs: Path, watched: bool) -> tuple[float, float]:
         base = f"http://127.0.0.1:{port}"
         for _ in range(200):  # until it answers
             try:
-                httpx.get(base + "/api/runs", timeout=1)
+                httpx2.get(base + "/api/runs", timeout=1)
                 break
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 time.sleep(0.1)
         reader = threading.Thread(target=watch, args=(base, run.name, stop), daemon=True)
         reader.start()
