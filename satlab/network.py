@@ -80,11 +80,18 @@ class HybridNet(nn.Module):
             else:
                 self.between.append(nn.Sequential(*_bounded(backend.out_features, cfg.activation, cfg.between)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch of images (B, 1, 28, 28)."""
+    def forward(self, x: torch.Tensor, twin: bool = False) -> torch.Tensor:
+        """Logits for a batch of images (B, 1, 28, 28); ``twin``: every physical layer computed
+        by its digital twin instead of the rig.
+
+        The twin path exists for second derivatives (satlab.sharpness): the rig path is a
+        custom autograd Function whose backward asks an estimator for one gradient and
+        records no graph, so it cannot be differentiated twice; the twin can.
+        """
         h = self.front(x)
         for layer, after in zip(self.physical, self.between):
-            h = after(layer(h))
+            out = layer.backend.twin_output(h, layer.controls).to(h.dtype) if twin else layer(h)
+            h = after(out)
         return h * self.readout_scale if self.readout_scale != 1.0 else h
 
     def control_parameters(self) -> list[nn.Parameter]:

@@ -15,19 +15,6 @@ from satlab.optim.sharpness import ascend_in_ball
 from satlab.physical_layer import PhysicalLayer
 
 
-def twin_logits(model: HybridNet, x: torch.Tensor) -> torch.Tensor:
-    """HybridNet.forward with every physical layer computed by its digital twin.
-
-    It exists for second derivatives: the rig path is a custom autograd Function
-    whose backward asks an estimator for one gradient and records no graph, so it
-    cannot be differentiated twice; the twin can.
-    """
-    h = model.front(x)
-    for layer, after in zip(model.physical, model.between):
-        h = after(layer.backend.twin_output(h, layer.controls).to(h.dtype))
-    return h * model.readout_scale if model.readout_scale != 1.0 else h
-
-
 @contextmanager
 def _evaluating(model: HybridNet) -> Iterator[None]:
     # BatchNorm on its running statistics: the loss is then a function of the controls alone,
@@ -104,7 +91,7 @@ def control_sharpness(model: HybridNet, x: torch.Tensor, y: torch.Tensor, *, hes
     controls = model.control_parameters()
 
     def loss() -> torch.Tensor:
-        return F.cross_entropy(twin_logits(model, x), y)
+        return F.cross_entropy(model(x, twin=True), y)
 
     with _evaluating(model), torch.enable_grad():
         top = top_hessian_eigenvalue(loss, controls, iters=hessian_iters, seed=seed)

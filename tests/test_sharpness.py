@@ -13,7 +13,7 @@ from satlab.config import load_config
 from satlab.data import load_dataset
 from satlab.optim import hutchinson_trace, max_loss_in_ball, top_hessian_eigenvalue
 from satlab.rig import Rig
-from satlab.sharpness import bench_sharpness, control_sharpness, twin_logits
+from satlab.sharpness import bench_sharpness, control_sharpness
 from satlab.training import build_trainee
 
 
@@ -109,13 +109,13 @@ def two_layer(tmp_path):
         yield build_trainee(cfg, rig, "plain").model
 
 
-def test_twin_logits_equal_the_rig_forward_on_a_noise_free_rig(two_layer, digits):
+def test_the_twin_forward_equals_the_rig_forward_on_a_noise_free_rig(two_layer, digits):
     x, _ = digits
     two_layer.eval()
     before = [layer.backend.queries for layer in two_layer.physical]
     with torch.no_grad():
         rig_logits = two_layer(x)
-        twin = twin_logits(two_layer, x)
+        twin = two_layer(x, twin=True)
     assert [layer.backend.queries - b for layer, b in zip(two_layer.physical, before)] == [1, 1]
     assert torch.equal(twin, rig_logits)
     assert twin.dtype == rig_logits.dtype and twin.shape == (len(x), 10)
@@ -158,7 +158,7 @@ def test_control_sharpness_matches_the_explicit_hessian_of_the_twin_loss(one_lay
 def twin_rise(model, x, y, rho: float, steps: int) -> tuple[float, float]:
     """(loss, rise) of the twin's loss in the rho-ball by exact-gradient ascent."""
     def loss() -> torch.Tensor:
-        return F.cross_entropy(twin_logits(model, x), y)
+        return F.cross_entropy(model(x, twin=True), y)
 
     def project() -> None:
         for layer in model.physical:
