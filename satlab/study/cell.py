@@ -92,13 +92,22 @@ def is_done(result: dict | None, cell: Cell) -> bool:
     return bool(result) and result.get("status") == "ok" and result.get("digest") == cell.digest
 
 
+def now() -> str:
+    """The local time as results and manifests record it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _identity(cell: Cell) -> dict:
+    """What every record of ``cell`` starts with: which cell, with which settings and code."""
+    return {"cell": cell.id, "system": cell.system, "method": cell.method, "seed": cell.seed,
+            "digest": cell.digest, "commit": source_commit()}
+
+
 def failure(cell: Cell, exc: BaseException, **extra) -> dict:
     """The record of a cell that raised ``exc``: its error as one line."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return {"cell": cell.id, "system": cell.system, "method": cell.method, "seed": cell.seed,
-            "digest": cell.digest, "commit": source_commit(), "status": "failed",
-            "error": f"{type(exc).__name__}: {first}", "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **extra}
+    return {**_identity(cell), "status": "failed", "error": f"{type(exc).__name__}: {first}",
+            "finished": now(), **extra}
 
 
 @contextmanager
@@ -126,10 +135,8 @@ def run_cell(job: CellJob) -> dict:
         torch.set_num_threads(1)
         started = time.perf_counter()
         try:
-            record = {"cell": cell.id, "system": cell.system, "method": cell.method, "seed": cell.seed,
-                      "digest": cell.digest, "commit": source_commit(), "host": platform.node(),
-                      "pid": os.getpid(), **_train_and_measure(job), "status": "ok",
-                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            record = {**_identity(cell), "host": platform.node(), "pid": os.getpid(),
+                      **_train_and_measure(job), "status": "ok", "finished": now()}
         except UnsafeShutdown:
             raise  # a rig left unsafe stops the study, not just the cell
         except Exception as exc:  # noqa: BLE001 - a cell's failure is data; the study goes on

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,6 +22,7 @@ from satlab.study.cell import (
     cell_lock,
     failure,
     is_done,
+    now,
     read_result,
     result_path,
     run_cell,
@@ -52,7 +52,7 @@ def study_folder(study: Study) -> Iterator[None]:
         (out / "cells").mkdir(exist_ok=True)
         strict_json.write_atomic(manifest, {
             "name": study.spec.name, "study_file": str(study.path.resolve()),
-            "cells": [c.id for c in study.cells], "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            "cells": [c.id for c in study.cells], "updated": now()})
         (out / "study.yaml").write_text(study.path.read_text())
         yield
     finally:

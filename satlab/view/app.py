@@ -21,7 +21,7 @@ from satlab.live_files import STATUS_FILE, request_stop
 from satlab.view.runs import FileRefused, Run, RunFolders, safe_file
 from satlab.view.security import CSRF_HEADER, AccessGuard, new_secret, same_origin, same_token
 from satlab.view.status import read_status
-from satlab.view.watch import RunWatcher, index_entry, run_state
+from satlab.view.watch import RunWatcher, index_entry, run_state, unreadable
 
 STOPPING = "the run stops at its next step (or, while it evaluates, at the next evaluation point)"
 POLL_SECONDS = 0.5  # how often a live page's files are looked at: 2 Hz
@@ -65,9 +65,8 @@ def _index_entry(run: Run) -> dict[str, Any]:
     try:
         return index_entry(run)
     except Exception as exc:  # noqa: BLE001 (one run's files never take the index down)
-        why = f"the run's files could not be read: {type(exc).__name__}: {str(exc)[:200]}"
-        return {"id": run.id, "methods": [], "state": "unknown", "can_stop": False, "note": why,
-                "updated": None, "accuracy": {}}
+        return {"id": run.id, "methods": [], "state": "unknown", "can_stop": False,
+                "note": unreadable(exc), "updated": None, "accuracy": {}}
 
 
 def create_app(paths: list[Path], token: str | None = None, poll_seconds: float = POLL_SECONDS) -> Any:

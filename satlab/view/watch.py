@@ -25,12 +25,22 @@ def run_state(status: dict | None, note: str | None, finished: bool) -> dict[str
             "note": note or "no live status (a run of an older satlab, or not started yet)"}
 
 
+def unreadable(exc: Exception) -> str:
+    """The page's note for a run whose files could not be read."""
+    return f"the run's files could not be read: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+def method_summaries(run: Run) -> tuple[list[str], dict[str, dict | None], bool]:
+    """The run's methods, each one's summary (None until it has finished), and whether all have."""
+    names = runs.methods(run)
+    summaries = {m: runs.summary(run, m) for m in names}
+    return names, summaries, bool(names) and all(summaries.values())
+
+
 def index_entry(run: Run) -> dict[str, Any]:
     """One line of the index: name, methods, state, last update, test accuracies."""
     status, note = read_status(run.live / STATUS_FILE)
-    names = runs.methods(run)
-    summaries = {m: runs.summary(run, m) for m in names}
-    finished = bool(names) and all(summaries.values())
+    names, summaries, finished = method_summaries(run)
     updated = (status or {}).get("updated") or runs.last_modified(run, names)
     return finite_or_none({
         "id": run.id, "methods": names, **run_state(status, note, finished), "updated": updated,
@@ -59,9 +69,8 @@ class RunWatcher:
         status, note = read_status(run.live / STATUS_FILE)
         if status is not None or note is None:  # read, or gone: else keep the last good one
             self.status = status
-        names = runs.methods(run)
-        summaries = {m: runs.summary(run, m) for m in names}
-        state = run_state(self.status, note, bool(names) and all(summaries.values()))
+        names, summaries, finished = method_summaries(run)
+        state = run_state(self.status, note, finished)
         current = {
             "status": {**state, "status": self.status or {}},
             "methods": names,
@@ -87,7 +96,7 @@ class RunWatcher:
         """After :meth:`poll` raised: the page's state as last sent with a note saying why it
         is not updated (None if that note was already sent); the next good poll sends
         everything again, so nothing half-read stays on the page."""
-        note = f"the run's files could not be read: {type(exc).__name__}: {str(exc)[:200]}"
+        note = unreadable(exc)
         self.resend = True
         if note == self.failure:
             return None
