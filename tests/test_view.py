@@ -727,8 +727,12 @@ def test_view_judges_the_address_it_bound_not_the_name_given(trained, capsys, mo
         bound.append(sock)
         return sock
 
+    def serve(app, sock):  # reached only if the bound address were judged local
+        raise AssertionError("served on every interface")
+
     real_bind = server.bind
     monkeypatch.setattr(server, "bind", bind_everywhere)
+    monkeypatch.setattr(server, "serve", serve)
     assert main(["view", str(trained), "--host", "lab.localhost", "--port", "0"]) == 2
     assert "--host: lab.localhost is reachable from other machines" in capsys.readouterr().err
     assert bound and bound[0].fileno() == -1  # closed again
